@@ -1,0 +1,421 @@
+//! Runs collectors on the collector runtime and records, for each one,
+//! `loopwatch_collector_{duration_seconds,success,last_success_timestamp_seconds,errors_total}`.
+//!
+//! Each collector runs in its own task, so one that hangs or panics never
+//! delays another; a scrape only reads the last published snapshot.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use futures_util::FutureExt;
+use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use super::{Built, CollectError, Job, Periodic, Reason, Streaming};
+use crate::metrics::{Families, Slot, Snapshots};
+
+/// Pause before a failed streaming collector is started again.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+struct DriverMetrics {
+    duration: GaugeVec,
+    success: GaugeVec,
+    last_success: GaugeVec,
+    errors: IntCounterVec,
+}
+
+impl DriverMetrics {
+    fn register(registry: &Registry) -> Self {
+        let labels = &["collector", "target"];
+        let duration = GaugeVec::new(
+            Opts::new(
+                "loopwatch_collector_duration_seconds",
+                "Duration of the collector's last poll.",
+            ),
+            labels,
+        )
+        .expect("valid metric");
+        let success = GaugeVec::new(
+            Opts::new(
+                "loopwatch_collector_success",
+                "Whether the collector's last poll succeeded (1) or failed (0).",
+            ),
+            labels,
+        )
+        .expect("valid metric");
+        let last_success = GaugeVec::new(
+            Opts::new(
+                "loopwatch_collector_last_success_timestamp_seconds",
+                "Unix time of the collector's last successful poll.",
+            ),
+            labels,
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "loopwatch_collector_errors_total",
+                "Failed polls of the collector, by reason.",
+            ),
+            &["collector", "target", "reason"],
+        )
+        .expect("valid metric");
+        for m in [&duration, &success, &last_success] {
+            registry
+                .register(Box::new(m.clone()))
+                .expect("registered once");
+        }
+        registry
+            .register(Box::new(errors.clone()))
+            .expect("registered once");
+        Self {
+            duration,
+            success,
+            last_success,
+            errors,
+        }
+    }
+
+    fn remove(&self, kind: &str, target: &str) {
+        let _ = self.duration.remove_label_values(&[kind, target]);
+        let _ = self.success.remove_label_values(&[kind, target]);
+        let _ = self.last_success.remove_label_values(&[kind, target]);
+        for reason in Reason::ALL {
+            let _ = self
+                .errors
+                .remove_label_values(&[kind, target, reason.as_str()]);
+        }
+    }
+}
+
+/// What the landing page and readiness check read about one collector.
+pub struct CollectorStatus {
+    pub kind: &'static str,
+    pub target: String,
+    pub schedule: Option<Duration>,
+    /// Set once the first poll has finished, successful or not.
+    pub polled: AtomicBool,
+    pub last_success: Mutex<Option<SystemTime>>,
+    pub last_error: Mutex<Option<String>>,
+    slot: Arc<Slot>,
+}
+
+struct Running {
+    status: Arc<CollectorStatus>,
+    task: JoinHandle<()>,
+}
+
+/// Starts, stops and records collectors.
+pub struct Driver {
+    handle: Handle,
+    metrics: Arc<DriverMetrics>,
+    snapshots: Arc<Snapshots>,
+    running: Mutex<Vec<Running>>,
+    statuses: ArcSwap<Vec<Arc<CollectorStatus>>>,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+impl Driver {
+    /// `handle` is the collector runtime's; `snapshots` must be registered.
+    pub fn new(handle: Handle, registry: &Registry, snapshots: Arc<Snapshots>) -> Self {
+        Self {
+            handle,
+            metrics: Arc::new(DriverMetrics::register(registry)),
+            snapshots,
+            running: Mutex::new(Vec::new()),
+            statuses: ArcSwap::default(),
+        }
+    }
+
+    /// Stops every running collector and starts `built` in their place.
+    pub fn replace(&self, built: Vec<Built>) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for old in running.drain(..) {
+            old.task.abort();
+            self.metrics.remove(old.status.kind, &old.status.target);
+        }
+        for b in built {
+            running.push(self.start(b));
+        }
+        self.snapshots
+            .replace(running.iter().map(|r| r.status.slot.clone()).collect());
+        self.statuses
+            .store(Arc::new(running.iter().map(|r| r.status.clone()).collect()));
+    }
+
+    /// Stops every collector.
+    pub fn stop_all(&self) {
+        self.replace(Vec::new());
+    }
+
+    /// The active collectors, in configuration order.
+    pub fn statuses(&self) -> Arc<Vec<Arc<CollectorStatus>>> {
+        self.statuses.load_full()
+    }
+
+    /// True once every periodic collector has finished its first poll.
+    pub fn first_polls_done(&self) -> bool {
+        self.statuses
+            .load()
+            .iter()
+            .all(|s| s.schedule.is_none() || s.polled.load(Ordering::Acquire))
+    }
+
+    fn start(&self, built: Built) -> Running {
+        let Built { kind, target, job } = built;
+        for reason in Reason::ALL {
+            self.metrics
+                .errors
+                .with_label_values(&[kind, &target, reason.as_str()]);
+        }
+        let schedule = match &job {
+            Job::Periodic { interval, .. } => Some(*interval),
+            Job::Streaming(_) => None,
+        };
+        let status = Arc::new(CollectorStatus {
+            kind,
+            target,
+            schedule,
+            polled: AtomicBool::new(false),
+            last_success: Mutex::new(None),
+            last_error: Mutex::new(None),
+            slot: Arc::new(Slot::default()),
+        });
+        let recorder = Recorder {
+            metrics: self.metrics.clone(),
+            status: status.clone(),
+        };
+        let task = match job {
+            Job::Periodic {
+                interval,
+                timeout,
+                collector,
+            } => self
+                .handle
+                .spawn(run_periodic(collector, interval, timeout, recorder)),
+            Job::Streaming(collector) => self.handle.spawn(run_streaming(collector, recorder)),
+        };
+        Running { status, task }
+    }
+}
+
+/// Records the outcome of polls for one collector.
+struct Recorder {
+    metrics: Arc<DriverMetrics>,
+    status: Arc<CollectorStatus>,
+}
+
+impl Recorder {
+    fn labels(&self) -> [&str; 2] {
+        [self.status.kind, &self.status.target]
+    }
+
+    fn success(&self) {
+        self.metrics
+            .success
+            .with_label_values(&self.labels())
+            .set(1.0);
+        self.metrics
+            .last_success
+            .with_label_values(&self.labels())
+            .set(unix_now());
+        *self
+            .status
+            .last_success
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
+        let recovered = self
+            .status
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(error) = recovered {
+            tracing::info!(collector = self.status.kind, target = %self.status.target, previous_error = %error, "Collector recovered");
+        }
+    }
+
+    fn failure(&self, error: &CollectError) {
+        let [kind, target] = self.labels();
+        self.metrics.success.with_label_values(&[kind, target]).set(0.0);
+        self.metrics
+            .errors
+            .with_label_values(&[kind, target, error.reason.as_str()])
+            .inc();
+        let mut last = self
+            .status
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // One warning per change of error, not one per poll.
+        if last.as_deref() != Some(error.message.as_str()) {
+            tracing::warn!(collector = kind, target, reason = error.reason.as_str(), error = %error.message, "Collector poll failed");
+        } else {
+            tracing::debug!(collector = kind, target, reason = error.reason.as_str(), error = %error.message, "Collector poll failed again");
+        }
+        *last = Some(error.message.clone());
+    }
+}
+
+async fn run_periodic(
+    mut collector: Box<dyn Periodic>,
+    interval: Duration,
+    timeout: Duration,
+    recorder: Recorder,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(timeout, AssertUnwindSafe(collector.poll()).catch_unwind()).await;
+        let result: Result<Families, CollectError> = match outcome {
+            Err(_) => Err(CollectError::new(
+                Reason::Timeout,
+                format!(
+                    "poll did not finish within {}",
+                    humantime::format_duration(timeout)
+                ),
+            )),
+            Ok(Err(panic)) => Err(CollectError::new(
+                Reason::Other,
+                format!("poll panicked: {}", panic_message(&*panic)),
+            )),
+            Ok(Ok(result)) => result,
+        };
+        recorder
+            .metrics
+            .duration
+            .with_label_values(&recorder.labels())
+            .set(started.elapsed().as_secs_f64());
+        match result {
+            Ok(families) => {
+                recorder.status.slot.store(Arc::new(families));
+                recorder.success();
+            }
+            Err(error) => {
+                recorder.status.slot.store(Arc::new(collector.down()));
+                recorder.failure(&error);
+            }
+        }
+        recorder.status.polled.store(true, Ordering::Release);
+    }
+}
+
+async fn run_streaming(mut collector: Box<dyn Streaming>, recorder: Recorder) {
+    loop {
+        recorder.success();
+        let outcome = AssertUnwindSafe(collector.run()).catch_unwind().await;
+        let error = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error,
+            Err(panic) => CollectError::new(
+                Reason::Other,
+                format!("panicked: {}", panic_message(&*panic)),
+            ),
+        };
+        recorder.failure(&error);
+        tokio::time::sleep(RESTART_PAUSE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::BoxFuture;
+    use crate::metrics::{FamilyBuilder, encode, register_snapshots};
+
+    struct Scripted {
+        step: u32,
+    }
+
+    impl Periodic for Scripted {
+        fn poll(&mut self) -> BoxFuture<'_, Result<Families, CollectError>> {
+            Box::pin(async move {
+                self.step += 1;
+                match self.step {
+                    1 => {
+                        let mut b = FamilyBuilder::default();
+                        b.gauge("test_value", "A value.", &[], 7.0);
+                        Ok(b.finish())
+                    }
+                    2 => Err(CollectError::new(Reason::Connect, "refused")),
+                    3 => panic!("boom"),
+                    _ => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        Ok(Families::new())
+                    }
+                }
+            })
+        }
+    }
+
+    fn scrape(registry: &Registry) -> String {
+        String::from_utf8(encode(registry)).expect("utf8")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_success_errors_panics_and_timeouts() {
+        let registry = Registry::new();
+        let snapshots = Arc::new(Snapshots::default());
+        register_snapshots(&registry, snapshots.clone());
+        let driver = Driver::new(Handle::current(), &registry, snapshots);
+        driver.replace(vec![Built {
+            kind: "test",
+            target: "t".into(),
+            job: Job::Periodic {
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(2),
+                collector: Box::new(Scripted { step: 0 }),
+            },
+        }]);
+        let labels = r#"collector="test",target="t""#;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let text = scrape(&registry);
+        assert!(text.contains("test_value 7\n"), "{text}");
+        assert!(text.contains(&format!("loopwatch_collector_success{{{labels}}} 1")));
+        assert!(driver.first_polls_done());
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let text = scrape(&registry);
+        assert!(!text.contains("test_value"), "a failed poll drops the values: {text}");
+        assert!(text.contains(&format!("loopwatch_collector_success{{{labels}}} 0")));
+        assert!(text.contains(&format!(
+            "loopwatch_collector_errors_total{{collector=\"test\",reason=\"connect\",target=\"t\"}} 1"
+        )), "{text}");
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let text = scrape(&registry);
+        assert!(text.contains(&format!(
+            "loopwatch_collector_errors_total{{collector=\"test\",reason=\"other\",target=\"t\"}} 1"
+        )), "a panic is counted: {text}");
+
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let text = scrape(&registry);
+        assert!(text.contains(&format!(
+            "loopwatch_collector_errors_total{{collector=\"test\",reason=\"timeout\",target=\"t\"}} 1"
+        )), "a hang is a timeout: {text}");
+        assert!(text.contains("loopwatch_collector_last_success_timestamp_seconds"));
+
+        driver.stop_all();
+        let text = scrape(&registry);
+        assert!(!text.contains("collector=\"test\""), "stopped collectors leave no series: {text}");
+    }
+}

@@ -1,0 +1,131 @@
+//! Collectors: one module per kind, all run by the shared [`driver`].
+//!
+//! A collector is either *periodic* (`poll()` every `interval` under a
+//! `timeout`, returning a fresh snapshot of its families) or *streaming* (a
+//! task that runs until it is stopped). The driver, not the collector, applies
+//! the schedule and records duration, success, last success and errors.
+
+pub mod driver;
+pub mod processes;
+pub mod runtime;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::loops::Loops;
+use crate::metrics::Families;
+
+pub use driver::Driver;
+
+/// A boxed future borrowing its collector; trait objects cannot use `async fn`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a poll failed: a fixed set, so `loopwatch_collector_errors_total` stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Timeout,
+    Connect,
+    Auth,
+    Parse,
+    Io,
+    Http4xx,
+    Http5xx,
+    Other,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 8] = [
+        Reason::Timeout,
+        Reason::Connect,
+        Reason::Auth,
+        Reason::Parse,
+        Reason::Io,
+        Reason::Http4xx,
+        Reason::Http5xx,
+        Reason::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Timeout => "timeout",
+            Reason::Connect => "connect",
+            Reason::Auth => "auth",
+            Reason::Parse => "parse",
+            Reason::Io => "io",
+            Reason::Http4xx => "http_4xx",
+            Reason::Http5xx => "http_5xx",
+            Reason::Other => "other",
+        }
+    }
+}
+
+/// A failed poll: a bounded reason for the metric, a message for the log.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct CollectError {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl CollectError {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// A collector polled on a schedule.
+pub trait Periodic: Send + 'static {
+    /// Reads the source and returns every family it exports, complete.
+    fn poll(&mut self) -> BoxFuture<'_, Result<Families, CollectError>>;
+
+    /// The families shown while polls fail (such as `*_up 0`). Value series
+    /// are left out: a zero would read as a real value.
+    fn down(&self) -> Families {
+        Families::new()
+    }
+}
+
+/// A collector that runs until it is stopped, recording its own metrics.
+pub trait Streaming: Send + 'static {
+    /// Runs until an error; the driver restarts it after a pause.
+    fn run(&mut self) -> BoxFuture<'_, Result<(), CollectError>>;
+}
+
+pub enum Job {
+    Periodic {
+        interval: Duration,
+        timeout: Duration,
+        collector: Box<dyn Periodic>,
+    },
+    Streaming(Box<dyn Streaming>),
+}
+
+/// A collector ready to be started, named by its kind and target.
+pub struct Built {
+    /// The kind: the config section (`processes`, `runtime`, …).
+    pub kind: &'static str,
+    /// The target's `name` in that section.
+    pub target: String,
+    pub job: Job,
+}
+
+/// What collectors share across reloads.
+#[derive(Clone)]
+pub struct Shared {
+    pub loops: Arc<Loops>,
+    pub proc_scanner: Arc<processes::ProcScanner>,
+}
+
+/// Every collector the configuration asks for: one line per kind.
+pub fn build_collectors(config: &Config, shared: &Shared) -> Vec<Built> {
+    let mut built = Vec::new();
+    built.extend(runtime::build(&config.runtime, shared));
+    built.extend(processes::build(&config.processes, shared));
+    built
+}

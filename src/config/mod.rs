@@ -1,0 +1,476 @@
+//! The whole configuration: serde structs with defaults, strict decoding, and a
+//! `validate()` that reports every problem at once with its key path and the
+//! line:column where it stands in the file.
+//!
+//! Loading is three phases, as in blackbox_exporter: defaults, then a strict
+//! decode (`deny_unknown_fields`), then semantic validation. Only a
+//! [`ValidConfig`] reaches the runtime.
+
+mod locate;
+pub mod secret;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use secret::Secret;
+
+/// The configuration loopwatch runs on when no file is given: it watches its
+/// own runtime and process. Printed by `loopwatch print-default-config`.
+pub const DEFAULT_CONFIG: &str = include_str!("default.yml");
+
+/// The root of the YAML file. Every section is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP server settings; command-line flags override them.
+    pub web: WebConfig,
+    /// The lag ticker on loopwatch's own tokio runtime.
+    pub runtime: RuntimeConfig,
+    /// Process groups to watch.
+    pub processes: Vec<ProcessGroupConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Addresses to serve HTTP on (`:10071`, `[::]:10071`, `127.0.0.1:10071`).
+    pub listen_addresses: Vec<String>,
+    /// Path of the metrics endpoint.
+    pub telemetry_path: String,
+    /// Concurrent scrapes served at most; more get 503. 0 means no limit.
+    pub max_requests: usize,
+    /// Leave out the exporter's own `process_*` metrics.
+    pub disable_exporter_metrics: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            listen_addresses: vec![":10071".to_owned()],
+            telemetry_path: "/metrics".to_owned(),
+            max_requests: 40,
+            disable_exporter_metrics: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Watch loopwatch's own collector runtime.
+    pub enabled: bool,
+    /// How often the lag ticker wakes up.
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
+    /// A tick later than this counts as a stall.
+    #[serde(with = "humantime_serde")]
+    pub stall_threshold: Duration,
+    /// Worker threads of the collector runtime.
+    pub worker_threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tick_interval: Duration::from_millis(100),
+            stall_threshold: Duration::from_millis(500),
+            worker_threads: 2,
+        }
+    }
+}
+
+/// A named group of processes. A process belongs to the group when it matches
+/// every matcher kind given (any entry within a kind).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessGroupConfig {
+    /// The `group` label value.
+    pub name: String,
+    /// How often the group is sampled.
+    #[serde(default = "default_process_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one sample may take.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The matchers.
+    #[serde(rename = "match")]
+    pub matchers: ProcessMatchConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessMatchConfig {
+    /// Exact process names as in `/proc/PID/comm` (at most 15 characters).
+    pub comm: Vec<String>,
+    /// Executable paths (a bare name matches the basename).
+    pub exe: Vec<String>,
+    /// Regular expressions searched in the command line (arguments joined by spaces).
+    pub cmdline: Vec<String>,
+    /// A file holding the PID of the one process of the group.
+    pub pid_file: Option<PathBuf>,
+}
+
+fn default_process_interval() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path such as `processes[1].match.cmdline[0]`; empty for the file itself.
+    pub path: String,
+    /// 1-based line and column in the file, when known.
+    pub location: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some((line, col)) = self.location {
+            write!(f, "line {line}:{col}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one configuration source.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, or `<default>` for the embedded config.
+    pub source_name: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{}: {problem}", self.source_name)?;
+        }
+        Ok(())
+    }
+}
+
+/// A configuration that passed validation; the only kind the runtime accepts.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    config: Config,
+}
+
+impl ValidConfig {
+    pub fn get(&self) -> &Config {
+        &self.config
+    }
+
+    /// A one-line summary for `check-config` and the reload log.
+    pub fn summary(&self) -> String {
+        let c = &self.config;
+        format!(
+            "runtime watch {}, {} process group(s), web on {}",
+            if c.runtime.enabled { "on" } else { "off" },
+            c.processes.len(),
+            c.web.listen_addresses.join(", "),
+        )
+    }
+}
+
+/// Reads, decodes and validates a configuration file.
+pub fn load_file(path: &Path) -> Result<ValidConfig, ConfigError> {
+    let source_name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source_name: source_name.clone(),
+        problems: vec![Problem {
+            path: String::new(),
+            location: None,
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    parse(&text, &source_name)
+}
+
+/// The embedded default configuration.
+pub fn default_config() -> ValidConfig {
+    parse(DEFAULT_CONFIG, "<default>").expect("the embedded default config is valid")
+}
+
+/// Decodes and validates configuration text; `source_name` names it in errors.
+pub fn parse(text: &str, source_name: &str) -> Result<ValidConfig, ConfigError> {
+    let fail = |problems| ConfigError {
+        source_name: source_name.to_owned(),
+        problems,
+    };
+    let locations = locate::Locations::of(text);
+    // An empty file is a valid, all-defaults config.
+    let config: Config = if text.trim().is_empty() {
+        Config::default()
+    } else {
+        let de = serde_norway::Deserializer::from_str(text);
+        match serde_path_to_error::deserialize(de) {
+            Ok(c) => c,
+            Err(e) => {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                let inner = e.into_inner();
+                let location = inner
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .or_else(|| locations.find(&path));
+                let message = clean_serde_message(&inner.to_string());
+                return Err(fail(vec![Problem {
+                    path,
+                    location,
+                    message,
+                }]));
+            }
+        }
+    };
+    let problems: Vec<Problem> = validate(&config)
+        .into_iter()
+        .map(|(path, message)| Problem {
+            location: locations.find(&path),
+            path,
+            message,
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(ValidConfig { config })
+    } else {
+        Err(fail(problems))
+    }
+}
+
+/// serde_norway appends " at line L column C"; the location is printed apart.
+fn clean_serde_message(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Label values must stay short and printable.
+fn check_label_value(problems: &mut Vec<(String, String)>, path: String, value: &str) {
+    if value.is_empty() {
+        problems.push((path, "must not be empty".to_owned()));
+    } else if value.len() > 64 || !value.chars().all(|c| c.is_ascii_graphic()) {
+        problems.push((
+            path,
+            format!("{value:?} must be at most 64 printable ASCII characters without spaces"),
+        ));
+    }
+}
+
+fn check_schedule(
+    problems: &mut Vec<(String, String)>,
+    path: &str,
+    interval: Duration,
+    timeout: Duration,
+) {
+    if interval < Duration::from_millis(100) {
+        problems.push((
+            format!("{path}.interval"),
+            "must be at least 100ms".to_owned(),
+        ));
+    }
+    if timeout.is_zero() {
+        problems.push((format!("{path}.timeout"), "must be above 0".to_owned()));
+    } else if timeout > interval {
+        problems.push((
+            format!("{path}.timeout"),
+            format!(
+                "{} is longer than the interval {}",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+}
+
+/// Every semantic problem, as (key path, message).
+pub fn validate(config: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+
+    if config.web.listen_addresses.is_empty() {
+        problems.push((
+            "web.listen_addresses".to_owned(),
+            "needs at least one address".to_owned(),
+        ));
+    }
+    for (i, addr) in config.web.listen_addresses.iter().enumerate() {
+        if let Err(e) = crate::server::parse_listen_address(addr) {
+            problems.push((format!("web.listen_addresses[{i}]"), e));
+        }
+    }
+    if !config.web.telemetry_path.starts_with('/') || config.web.telemetry_path.len() < 2 {
+        problems.push((
+            "web.telemetry_path".to_owned(),
+            "must start with / and name a path other than /".to_owned(),
+        ));
+    }
+
+    let rt = &config.runtime;
+    if rt.tick_interval < Duration::from_millis(10) || rt.tick_interval > Duration::from_secs(10)
+    {
+        problems.push((
+            "runtime.tick_interval".to_owned(),
+            "must be between 10ms and 10s".to_owned(),
+        ));
+    }
+    if rt.stall_threshold < rt.tick_interval {
+        problems.push((
+            "runtime.stall_threshold".to_owned(),
+            "must not be shorter than runtime.tick_interval".to_owned(),
+        ));
+    }
+    if rt.worker_threads == 0 || rt.worker_threads > 64 {
+        problems.push((
+            "runtime.worker_threads".to_owned(),
+            "must be between 1 and 64".to_owned(),
+        ));
+    }
+
+    let mut seen = std::collections::HashSet::new();
+    for (i, group) in config.processes.iter().enumerate() {
+        let path = format!("processes[{i}]");
+        check_label_value(&mut problems, format!("{path}.name"), &group.name);
+        if !seen.insert(group.name.as_str()) {
+            problems.push((
+                format!("{path}.name"),
+                format!("{:?} is used by an earlier group", group.name),
+            ));
+        }
+        check_schedule(&mut problems, &path, group.interval, group.timeout);
+        let m = &group.matchers;
+        if m.comm.is_empty() && m.exe.is_empty() && m.cmdline.is_empty() && m.pid_file.is_none() {
+            problems.push((
+                format!("{path}.match"),
+                "needs at least one of comm, exe, cmdline, pid_file".to_owned(),
+            ));
+        }
+        for (j, comm) in m.comm.iter().enumerate() {
+            if comm.is_empty() || comm.len() > 15 {
+                problems.push((
+                    format!("{path}.match.comm[{j}]"),
+                    format!(
+                        "{comm:?} can never match: the kernel keeps 1 to 15 bytes of a process name"
+                    ),
+                ));
+            }
+        }
+        for (j, re) in m.cmdline.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(re) {
+                let first_line = e.to_string().lines().last().unwrap_or_default().to_owned();
+                problems.push((
+                    format!("{path}.match.cmdline[{j}]"),
+                    format!("invalid regular expression {re:?}: {first_line}"),
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        parse(text, "test.yml").expect_err("config must be rejected").problems
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = default_config();
+        assert!(c.get().runtime.enabled);
+        assert!(c.get().processes.is_empty());
+        assert_eq!(c.get().web.listen_addresses, vec![":10071"]);
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let c = parse("", "x").expect("empty is valid");
+        assert_eq!(c.get().web.telemetry_path, "/metrics");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_path_and_line() {
+        let p = problems("runtime:\n  enabled: true\n  tick_intervall: 1s\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].path, "runtime.tick_intervall");
+        assert!(p[0].message.contains("unknown field `tick_intervall`"), "{p:?}");
+        assert_eq!(p[0].location.map(|l| l.0), Some(3), "{p:?}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let p = problems("processes:\n  - name: w\n    interval: soon\n    match: {comm: [x]}\n");
+        assert_eq!(p[0].path, "processes[0].interval");
+        assert_eq!(p[0].location.map(|l| l.0), Some(3), "{p:?}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_with_its_line() {
+        let text = "\
+processes:
+  - name: ok
+    match:
+      comm: [python3]
+  - name: ok
+    interval: 1s
+    timeout: 5s
+    match:
+      cmdline: ['worker(']
+  - name: empty
+    match: {}
+";
+        let p = problems(text);
+        let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "processes[1].name",
+                "processes[1].timeout",
+                "processes[1].match.cmdline[0]",
+                "processes[2].match"
+            ],
+            "{p:?}"
+        );
+        let lines: Vec<usize> = p.iter().filter_map(|p| p.location.map(|l| l.0)).collect();
+        assert_eq!(lines, vec![5, 7, 9, 11], "{p:?}");
+        let shown = ConfigError {
+            source_name: "test.yml".into(),
+            problems: p,
+        }
+        .to_string();
+        assert!(
+            shown.starts_with("test.yml: line 5:"),
+            "one line per problem with file and line: {shown}"
+        );
+        assert_eq!(shown.lines().count(), 4);
+    }
+
+    #[test]
+    fn bad_listen_address_is_named() {
+        let p = problems("web:\n  listen_addresses: ['nonsense']\n");
+        assert_eq!(p[0].path, "web.listen_addresses[0]");
+        assert_eq!(p[0].location.map(|l| l.0), Some(2));
+    }
+
+    #[test]
+    fn syntax_error_has_a_location() {
+        let p = problems("runtime:\n  enabled: [\n");
+        assert!(p[0].location.is_some(), "{p:?}");
+    }
+}

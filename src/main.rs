@@ -1,0 +1,127 @@
+//! The `loopwatch` binary: command-line parsing and wiring only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+use loopwatch::app::{self, RunError, Settings, WebFlags};
+use loopwatch::config;
+use loopwatch::logging::{self, Format, Level};
+use loopwatch::metrics::build;
+
+/// Prometheus exporter for blocked event loops, dying tasks, exhausted rate
+/// limits, saturated pools and leaking processes.
+#[derive(Parser, Debug)]
+#[command(name = "loopwatch", disable_version_flag = true)]
+struct Cli {
+    /// YAML configuration file; without it loopwatch runs on its embedded default.
+    #[arg(long = "config.file", env = "LOOPWATCH_CONFIG", value_name = "PATH")]
+    config_file: Option<PathBuf>,
+
+    /// Address to listen on (repeatable): `:10071`, `[::]:10071`, `127.0.0.1:10071`.
+    #[arg(long = "web.listen-address", value_name = "ADDR")]
+    listen_addresses: Vec<String>,
+
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", value_name = "PATH")]
+    telemetry_path: Option<String>,
+
+    /// Concurrent scrapes served at most; more get 503. 0 means no limit. [default: 40]
+    #[arg(long = "web.max-requests", value_name = "N")]
+    max_requests: Option<usize>,
+
+    /// Leave out the exporter's own process_* metrics.
+    #[arg(long = "web.disable-exporter-metrics")]
+    disable_exporter_metrics: bool,
+
+    /// Log level.
+    #[arg(long = "log.level", value_enum, default_value = "info")]
+    log_level: Level,
+
+    /// Log format.
+    #[arg(long = "log.format", value_enum, default_value = "logfmt")]
+    log_format: Format,
+
+    /// Print the version and exit.
+    #[arg(long = "version", action = ArgAction::SetTrue)]
+    version: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a configuration file: print every problem and exit 2, or a summary and exit 0.
+    CheckConfig { path: PathBuf },
+    /// Print the embedded default configuration.
+    PrintDefaultConfig,
+}
+
+/// Exit status for bad usage or configuration.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.version {
+        println!("{}", build::version_line());
+        return ExitCode::SUCCESS;
+    }
+    match cli.command {
+        Some(Command::PrintDefaultConfig) => {
+            print!("{}", config::DEFAULT_CONFIG);
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::CheckConfig { path }) => {
+            return match config::load_file(&path) {
+                Ok(valid) => {
+                    println!("{}: valid: {}", path.display(), valid.summary());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            };
+        }
+        None => {}
+    }
+
+    logging::init(cli.log_level, cli.log_format);
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "A task panicked");
+    }));
+
+    let config = match &cli.config_file {
+        Some(path) => match config::load_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => config::default_config(),
+    };
+    let settings = Settings {
+        config,
+        config_path: cli.config_file,
+        web: WebFlags {
+            listen_addresses: cli.listen_addresses,
+            telemetry_path: cli.telemetry_path,
+            max_requests: cli.max_requests,
+            disable_exporter_metrics: cli.disable_exporter_metrics,
+        },
+    };
+    match app::run(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ RunError::Usage(_)) => {
+            eprintln!("loopwatch: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("loopwatch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The HTTP side: `/metrics`, the landing page, health and readiness.
+//!
+//! It runs on its own runtime, apart from the collectors, so that a blocked
+//! collector runtime shows up as a stall in `/metrics` instead of a timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use prometheus::Registry;
+use tokio::sync::Semaphore;
+use tower_http::compression::CompressionLayer;
+
+use crate::collector::Driver;
+use crate::metrics::{TEXT_CONTENT_TYPE, build, encode};
+
+/// What the handlers read.
+pub struct AppState {
+    pub registry: Registry,
+    pub driver: Arc<Driver>,
+    pub telemetry_path: String,
+    /// Concurrent scrapes allowed (`--web.max-requests`); `None`: no limit.
+    pub scrape_slots: Option<Arc<Semaphore>>,
+}
+
+/// The router, apart from any socket (tests call it with `oneshot`).
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(&state.telemetry_path, get(metrics))
+        .route("/", get(landing))
+        .route("/-/healthy", get(|| async { "Healthy\n" }))
+        .route("/-/ready", get(ready))
+        .with_state(state)
+        // Outermost: compress whatever the handlers return, when asked to.
+        .layer(CompressionLayer::new().gzip(true))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let _permit = match &state.scrape_slots {
+        Some(slots) => match slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Too many concurrent scrapes; raise --web.max-requests.\n",
+                )
+                    .into_response();
+            }
+        },
+        None => None,
+    };
+    let body = encode(&state.registry);
+    ([(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)], body).into_response()
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.driver.first_polls_done() {
+        "Ready\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not ready: first polls are running\n",
+        )
+            .into_response()
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
+    let mut rows = String::new();
+    for s in state.driver.statuses().iter() {
+        let last_success = s
+            .last_success
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map(|ago| format!("{:.1}s ago", ago.as_secs_f64()))
+            .unwrap_or_else(|| "never".to_owned());
+        let error = s
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let state_cell = match &error {
+            Some(_) => "failing",
+            None if last_success == "never" => "starting",
+            None => "ok",
+        };
+        let schedule = s
+            .schedule
+            .map(|d| humantime::format_duration(d).to_string())
+            .unwrap_or_else(|| "streaming".to_owned());
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{state_cell}\">{state_cell}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(s.kind),
+            escape(&s.target),
+            escape(&schedule),
+            escape(&last_success),
+            escape(error.as_deref().unwrap_or("")),
+        ));
+    }
+    let path = escape(&state.telemetry_path);
+    Html(format!(
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>loopwatch</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.failing{{color:#b00}}.ok{{color:#070}}</style>
+</head><body>
+<h1>loopwatch</h1>
+<p>Prometheus exporter for the failure modes of async services. Version {version} (branch {branch}, revision {revision}).</p>
+<ul>
+<li><a href="{path}">Metrics</a></li>
+<li><a href="/-/healthy">Health</a></li>
+<li><a href="/-/ready">Readiness</a></li>
+</ul>
+<h2>Collectors</h2>
+<table><tr><th>collector</th><th>target</th><th>interval</th><th>state</th><th>last success</th><th>last error</th></tr>
+{rows}</table>
+</body></html>
+"#,
+        version = build::VERSION,
+        branch = escape(build::BRANCH),
+        revision = escape(build::REVISION),
+    ))
+}
+
+/// Parses a listen address as exporters take it: `:10071` (every IPv4
+/// interface), `[::]:10071`, `127.0.0.1:10071` or `localhost:10071`.
+pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    let bad = || format!("{text:?} is not a listen address like :10071, 127.0.0.1:10071 or [::]:10071");
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Some(port) = text.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_in_exporter_forms() {
+        assert_eq!(
+            parse_listen_address(":10071"),
+            Ok("0.0.0.0:10071".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_listen_address("[::]:9"),
+            Ok("[::]:9".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_listen_address("localhost:80"),
+            Ok("127.0.0.1:80".parse().expect("addr"))
+        );
+        assert!(parse_listen_address("10071").is_err());
+        assert!(parse_listen_address(":99999").is_err());
+    }
+}
