@@ -84,9 +84,15 @@ impl ReloadMetrics {
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
-        registry.register(Box::new(successful.clone())).expect("registered once");
-        registry.register(Box::new(success_time.clone())).expect("registered once");
-        registry.register(Box::new(reloads.clone())).expect("registered once");
+        registry
+            .register(Box::new(successful.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(success_time.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(reloads.clone()))
+            .expect("registered once");
         Self {
             successful,
             success_time,
@@ -148,15 +154,22 @@ impl Exporter {
 
     /// Replaces the collectors with those of a new configuration.
     pub fn apply(&self, config: &ValidConfig) {
-        self.driver.replace(build_collectors(config.get(), &self.shared));
+        self.driver
+            .replace(build_collectors(config.get(), &self.shared));
         self.reload_metrics.loaded();
-        self.reload_metrics.reloads.with_label_values(&["success"]).inc();
+        self.reload_metrics
+            .reloads
+            .with_label_values(&["success"])
+            .inc();
     }
 
     /// Records a rejected reload; the running collectors stay.
     pub fn reject(&self) {
         self.reload_metrics.successful.set(0);
-        self.reload_metrics.reloads.with_label_values(&["failure"]).inc();
+        self.reload_metrics
+            .reloads
+            .with_label_values(&["failure"])
+            .inc();
     }
 }
 
@@ -243,12 +256,12 @@ async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
-        let addr = listener.local_addr().ok();
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| RunError::Listen {
-            addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-            source,
-        })?;
-        tracing::info!(address = ?addr, "Listening");
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|source| RunError::Listen { addr, source })?;
+        tracing::info!(address = %addr, "Listening");
         let mut stop = stop_rx.clone();
         let router = router.clone();
         servers.spawn(async move {
@@ -299,7 +312,9 @@ async fn wait_for_signals(exporter: &Exporter, settings: &Settings) {
 
 fn reload(exporter: &Exporter, settings: &Settings) {
     let Some(path) = &settings.config_path else {
-        tracing::info!("Received SIGHUP; running on the embedded default config, nothing to reload");
+        tracing::info!(
+            "Received SIGHUP; running on the embedded default config, nothing to reload"
+        );
         exporter.apply(&settings.config);
         return;
     };

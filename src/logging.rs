@@ -35,7 +35,11 @@ pub fn init(level: Level, format: Format) {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         Format::Logfmt => registry
-            .with(tracing_logfmt::builder().layer().with_writer(std::io::stderr))
+            .with(
+                tracing_logfmt::builder()
+                    .layer()
+                    .with_writer(std::io::stderr),
+            )
             .init(),
         Format::Json => registry
             .with(

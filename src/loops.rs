@@ -175,10 +175,18 @@ impl Loops {
             &LABELS,
         )
         .expect("valid metric");
-        registry.register(Box::new(lag.clone())).expect("registered once");
-        registry.register(Box::new(stalls.clone())).expect("registered once");
-        registry.register(Box::new(blocked.clone())).expect("registered once");
-        registry.register(Box::new(up.clone())).expect("registered once");
+        registry
+            .register(Box::new(lag.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(stalls.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(blocked.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(up.clone()))
+            .expect("registered once");
         registry
             .register(Box::new(last_heartbeat.clone()))
             .expect("registered once");
@@ -213,7 +221,13 @@ impl Loops {
     }
 
     /// Starts tracking a loop that ticks every `interval`; it counts as up.
-    pub fn attach(&self, app: &str, name: &str, interval: Duration, threshold: Duration) -> LoopHandle {
+    pub fn attach(
+        &self,
+        app: &str,
+        name: &str,
+        interval: Duration,
+        threshold: Duration,
+    ) -> LoopHandle {
         let state = Arc::new(LoopState {
             interval,
             threshold,
@@ -279,14 +293,31 @@ mod tests {
     fn a_late_tick_counts_a_stall() {
         let registry = Registry::new();
         let loops = Loops::register(&registry);
-        let h = loops.attach("a", "main", Duration::from_millis(100), Duration::from_millis(500));
+        let h = loops.attach(
+            "a",
+            "main",
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+        );
         h.tick(Duration::from_millis(2));
         h.tick(Duration::from_millis(1500));
         let text = String::from_utf8(crate::metrics::encode(&registry)).expect("utf8");
-        assert!(text.contains(r#"loopwatch_loop_stalls_total{app_name="a",loop="main"} 1"#), "{text}");
-        assert!(text.contains(r#"loopwatch_loop_blocked_seconds_total{app_name="a",loop="main"} 1.5"#), "{text}");
-        assert!(text.contains(r#"loopwatch_loop_stall_seconds{app_name="a",loop="main"} 0"#), "{text}");
-        assert!(text.contains(r#"loopwatch_loop_lag_seconds_count{app_name="a",loop="main"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"loopwatch_loop_stalls_total{app_name="a",loop="main"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"loopwatch_loop_blocked_seconds_total{app_name="a",loop="main"} 1.5"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"loopwatch_loop_stall_seconds{app_name="a",loop="main"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"loopwatch_loop_lag_seconds_count{app_name="a",loop="main"} 2"#),
+            "{text}"
+        );
         loops.remove("a", "main");
         let text = String::from_utf8(crate::metrics::encode(&registry)).expect("utf8");
         assert!(!text.contains("app_name=\"a\""), "{text}");

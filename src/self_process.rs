@@ -14,10 +14,7 @@ const FAMILIES: [(&str, &str); 7] = [
         "process_cpu_seconds_total",
         "Total user and system CPU time spent in seconds.",
     ),
-    (
-        "process_open_fds",
-        "Number of open file descriptors.",
-    ),
+    ("process_open_fds", "Number of open file descriptors."),
     (
         "process_max_fds",
         "Maximum number of open file descriptors.",
@@ -99,7 +96,12 @@ impl Collector for SelfProcess {
                 (stat.utime + stat.stime) as f64 / self.ticks_per_second,
             );
             b.gauge(FAMILIES[3].0, help(3), &[], stat.vsize as f64);
-            b.gauge(FAMILIES[4].0, help(4), &[], stat.rss as f64 * self.page_size);
+            b.gauge(
+                FAMILIES[4].0,
+                help(4),
+                &[],
+                stat.rss as f64 * self.page_size,
+            );
             b.gauge(FAMILIES[6].0, help(6), &[], stat.num_threads as f64);
         }
         if let Ok(n) = me.fd_count() {

@@ -137,7 +137,8 @@ async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
 /// Parses a listen address as exporters take it: `:10071` (every IPv4
 /// interface), `[::]:10071`, `127.0.0.1:10071` or `localhost:10071`.
 pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
-    let bad = || format!("{text:?} is not a listen address like :10071, 127.0.0.1:10071 or [::]:10071");
+    let bad =
+        || format!("{text:?} is not a listen address like :10071, 127.0.0.1:10071 or [::]:10071");
     if let Some(port) = text.strip_prefix(':') {
         let port: u16 = port.parse().map_err(|_| bad())?;
         return Ok(SocketAddr::from(([0, 0, 0, 0], port)));

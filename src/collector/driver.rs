@@ -254,7 +254,10 @@ impl Recorder {
 
     fn failure(&self, error: &CollectError) {
         let [kind, target] = self.labels();
-        self.metrics.success.with_label_values(&[kind, target]).set(0.0);
+        self.metrics
+            .success
+            .with_label_values(&[kind, target])
+            .set(0.0);
         self.metrics
             .errors
             .with_label_values(&[kind, target, error.reason.as_str()])
@@ -285,7 +288,8 @@ async fn run_periodic(
     loop {
         ticker.tick().await;
         let started = Instant::now();
-        let outcome = tokio::time::timeout(timeout, AssertUnwindSafe(collector.poll()).catch_unwind()).await;
+        let outcome =
+            tokio::time::timeout(timeout, AssertUnwindSafe(collector.poll()).catch_unwind()).await;
         let result: Result<Families, CollectError> = match outcome {
             Err(_) => Err(CollectError::new(
                 Reason::Timeout,
@@ -395,7 +399,10 @@ mod tests {
 
         tokio::time::sleep(Duration::from_secs(10)).await;
         let text = scrape(&registry);
-        assert!(!text.contains("test_value"), "a failed poll drops the values: {text}");
+        assert!(
+            !text.contains("test_value"),
+            "a failed poll drops the values: {text}"
+        );
         assert!(text.contains(&format!("loopwatch_collector_success{{{labels}}} 0")));
         assert!(text.contains(&format!(
             "loopwatch_collector_errors_total{{collector=\"test\",reason=\"connect\",target=\"t\"}} 1"
@@ -416,6 +423,9 @@ mod tests {
 
         driver.stop_all();
         let text = scrape(&registry);
-        assert!(!text.contains("collector=\"test\""), "stopped collectors leave no series: {text}");
+        assert!(
+            !text.contains("collector=\"test\""),
+            "stopped collectors leave no series: {text}"
+        );
     }
 }

@@ -131,7 +131,8 @@ fn scan_proc(root: &Path, with_cmdline: bool, with_exe: bool) -> std::io::Result
         path.push(&name);
         path.push("stat");
         buf.clear();
-        let read = std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut buf));
+        let read = std::fs::File::open(&path)
+            .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut buf));
         path.pop();
         let stat = match read {
             Ok(_) => match Stat::from_read(&buf[..]) {
@@ -381,10 +382,14 @@ fn fd_usage(pid: i32, errors: &mut ReadErrors) -> Option<(u64, Option<u64>)> {
         }
     };
     let limit = match std::fs::read(format!("{dir}/limits")) {
-        Ok(raw) => Limits::from_read(&raw[..]).ok().and_then(|l| match l.max_open_files.soft_limit {
-            LimitValue::Value(v) => Some(v),
-            LimitValue::Unlimited => None,
-        }),
+        Ok(raw) => {
+            Limits::from_read(&raw[..])
+                .ok()
+                .and_then(|l| match l.max_open_files.soft_limit {
+                    LimitValue::Value(v) => Some(v),
+                    LimitValue::Unlimited => None,
+                })
+        }
         Err(e) => {
             errors.count(&e);
             None
@@ -472,7 +477,11 @@ fn sample_group(
             &labels,
             sum(|p| p.threads as f64),
         );
-        let oldest = members.iter().map(|p| p.starttime).min().unwrap_or_default();
+        let oldest = members
+            .iter()
+            .map(|p| p.starttime)
+            .min()
+            .unwrap_or_default();
         b.gauge(
             "loopwatch_process_start_time_seconds",
             "Unix start time of the group's oldest process, sampled every interval.",
@@ -560,8 +569,14 @@ mod tests {
             ..Default::default()
         }))
         .expect("valid");
-        assert!(m.matches(&info(1, "python3", "python3 worker.py", "/usr/bin/python3"), None));
-        assert!(!m.matches(&info(1, "python3", "python3 web.py", "/usr/bin/python3"), None));
+        assert!(m.matches(
+            &info(1, "python3", "python3 worker.py", "/usr/bin/python3"),
+            None
+        ));
+        assert!(!m.matches(
+            &info(1, "python3", "python3 web.py", "/usr/bin/python3"),
+            None
+        ));
         assert!(!m.matches(&info(1, "node", "node worker.py", "/usr/bin/node"), None));
 
         let m = Matcher::new(&group(ProcessMatchConfig {
@@ -580,11 +595,38 @@ mod tests {
         scanner.need_cmdline.store(true, Ordering::Relaxed);
         let scan = scanner.scan().expect("scan /proc");
         let me = std::process::id() as i32;
-        let mine = scan.procs.iter().find(|p| p.pid == me).expect("own process listed");
+        let mine = scan
+            .procs
+            .iter()
+            .find(|p| p.pid == me)
+            .expect("own process listed");
         assert!(mine.threads >= 1);
         assert!(mine.rss_pages > 0);
         assert!(mine.cmdline.as_deref().is_some_and(|c| !c.is_empty()));
         // A second call within the sharing window reuses the scan.
         assert!(Arc::ptr_eq(&scan, &scanner.scan().expect("scan")));
+    }
+
+    #[test]
+    fn unreadable_entries_are_counted_never_fatal() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let own = std::fs::read("/proc/self/stat").expect("own stat");
+        let ok = root.path().join("100");
+        std::fs::create_dir(&ok).expect("dir");
+        std::fs::write(ok.join("stat"), own).expect("stat");
+        // Exited between the listing and the read.
+        std::fs::create_dir(root.path().join("200")).expect("dir");
+        let garbage = root.path().join("300");
+        std::fs::create_dir(&garbage).expect("dir");
+        std::fs::write(garbage.join("stat"), "not a stat line").expect("stat");
+        std::fs::create_dir(root.path().join("self")).expect("non-numeric entries are skipped");
+
+        let scan = ProcScanner::new(root.path()).scan().expect("scan");
+        assert_eq!(
+            scan.procs.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            vec![100]
+        );
+        assert_eq!(scan.errors.vanished, 1);
+        assert_eq!(scan.errors.other, 1);
     }
 }

@@ -179,10 +179,9 @@ impl ValidConfig {
     pub fn summary(&self) -> String {
         let c = &self.config;
         format!(
-            "runtime watch {}, {} process group(s), web on {}",
+            "runtime watch {}, {} process group(s)",
             if c.runtime.enabled { "on" } else { "off" },
             c.processes.len(),
-            c.web.listen_addresses.join(", "),
         )
     }
 }
@@ -321,8 +320,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
     }
 
     let rt = &config.runtime;
-    if rt.tick_interval < Duration::from_millis(10) || rt.tick_interval > Duration::from_secs(10)
-    {
+    if rt.tick_interval < Duration::from_millis(10) || rt.tick_interval > Duration::from_secs(10) {
         problems.push((
             "runtime.tick_interval".to_owned(),
             "must be between 10ms and 10s".to_owned(),
@@ -387,7 +385,9 @@ mod tests {
     use super::*;
 
     fn problems(text: &str) -> Vec<Problem> {
-        parse(text, "test.yml").expect_err("config must be rejected").problems
+        parse(text, "test.yml")
+            .expect_err("config must be rejected")
+            .problems
     }
 
     #[test]
@@ -409,7 +409,10 @@ mod tests {
         let p = problems("runtime:\n  enabled: true\n  tick_intervall: 1s\n");
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].path, "runtime.tick_intervall");
-        assert!(p[0].message.contains("unknown field `tick_intervall`"), "{p:?}");
+        assert!(
+            p[0].message.contains("unknown field `tick_intervall`"),
+            "{p:?}"
+        );
         assert_eq!(p[0].location.map(|l| l.0), Some(3), "{p:?}");
     }
 

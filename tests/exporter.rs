@@ -1,0 +1,287 @@
+//! The real binary: endpoints, flags, exit codes, reload and shutdown.
+
+mod common;
+
+use std::io::Read;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn default_config_serves_valid_metrics_about_itself() {
+    let lw = Exporter::start(&[]);
+    let r = get(lw.port, "/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = r.text();
+    for series in [
+        r#"loopwatch_loop_up{app_name="loopwatch",loop="tokio"}"#,
+        r#"loopwatch_loop_stall_seconds{app_name="loopwatch",loop="tokio"}"#,
+        r#"loopwatch_collector_success{collector="runtime",target="tokio"}"#,
+        "loopwatch_config_last_reload_successful",
+    ] {
+        assert!(sample(&text, series).is_some(), "{series} missing:\n{text}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            r#"loopwatch_loop_up{app_name="loopwatch",loop="tokio"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(text.contains(
+        r#"loopwatch_loop_lag_seconds_bucket{app_name="loopwatch",loop="tokio",le="0.001"}"#
+    ));
+    assert!(text.contains("loopwatch_build_info{arch="), "{text}");
+    let cpu = sample(&text, "process_cpu_seconds_total").expect("process_cpu_seconds_total");
+    assert!(cpu >= 0.0);
+    assert!(sample(&text, "process_resident_memory_bytes").expect("rss") > 1e6);
+    assert!(sample(&text, "process_open_fds").expect("fds") >= 3.0);
+    assert!(!text.contains("exported_"), "{text}");
+
+    let check = promtool_check_metrics(&text);
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        check.status.success() && complaints.trim().is_empty(),
+        "promtool check metrics: {complaints}"
+    );
+}
+
+#[test]
+fn metrics_are_gzipped_when_asked() {
+    let lw = Exporter::start(&[]);
+    let r = get_with(lw.port, "/metrics", "Accept-Encoding: gzip\r\n").expect("GET");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&r.body[..])
+        .read_to_string(&mut text)
+        .expect("valid gzip");
+    assert!(text.contains("loopwatch_build_info"), "{text}");
+}
+
+#[test]
+fn landing_health_and_readiness() {
+    let lw = Exporter::start(&[]);
+    let landing = get(lw.port, "/");
+    assert_eq!(landing.status, 200);
+    let html = landing.text();
+    assert!(html.contains(r#"href="/metrics""#), "{html}");
+    assert!(html.contains("<td>runtime</td><td>tokio</td>"), "{html}");
+    assert_eq!(get(lw.port, "/-/healthy").status, 200);
+    assert_eq!(get(lw.port, "/-/ready").status, 200);
+    assert_eq!(get(lw.port, "/nope").status, 404);
+}
+
+#[test]
+fn telemetry_path_and_disabled_exporter_metrics() {
+    let lw = Exporter::start(&[
+        "--web.telemetry-path",
+        "/prom",
+        "--web.disable-exporter-metrics",
+    ]);
+    let r = get(lw.port, "/prom");
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(text.contains("loopwatch_build_info"));
+    assert!(!text.contains("process_cpu_seconds_total"), "{text}");
+    assert_eq!(get(lw.port, "/metrics").status, 404);
+    assert!(get(lw.port, "/").text().contains(r#"href="/prom""#));
+}
+
+#[test]
+fn version_flag_prints_the_exporter_line() {
+    let out = run_bin(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("loopwatch, version ")
+            && first.contains("(branch: ")
+            && first.contains(", revision: "),
+        "{text}"
+    );
+}
+
+#[test]
+fn print_default_config_passes_check_config() {
+    let out = run_bin(&["print-default-config"]);
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("default.yml");
+    std::fs::write(&path, &out.stdout).expect("write");
+    let check = run_bin(&["check-config", path.to_str().expect("utf8 path")]);
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    assert!(String::from_utf8_lossy(&check.stdout).contains("valid"));
+}
+
+#[test]
+fn invalid_config_prints_every_problem_with_its_line_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.yml");
+    std::fs::write(
+        &path,
+        "processes:\n  - name: w\n    match: {cmdline: ['(']}\n  - name: w\n    interval: 1s\n    timeout: 2s\n    match: {comm: [x]}\n",
+    )
+    .expect("write");
+    let p = path.to_str().expect("utf8 path");
+    for args in [vec!["check-config", p], vec!["--config.file", p]] {
+        let out = run_bin(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 3, "one line per problem: {err}");
+        assert!(
+            lines[0].contains("line 3:") && lines[0].contains("processes[0].match.cmdline[0]"),
+            "{err}"
+        );
+        assert!(
+            lines[1].contains("line 4:") && lines[1].contains("processes[1].name"),
+            "{err}"
+        );
+        assert!(
+            lines[2].contains("line 6:") && lines[2].contains("processes[1].timeout"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
+    }
+
+    let out = run_bin(&["check-config", "/nonexistent/loopwatch.yml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+
+    std::fs::write(&path, "runtime:\n  enabled: true\n  bogus: 1\n").expect("write");
+    let out = run_bin(&["check-config", p]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 3:") && err.contains("unknown field `bogus`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_flag_value_exits_2() {
+    let out = run_bin(&["--web.listen-address", "nonsense"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nonsense"), "{err}");
+}
+
+#[test]
+fn port_in_use_is_one_line_and_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let out = run_bin(&["--web.listen-address", &format!("127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!("cannot listen on 127.0.0.1:{port}")) && last.contains("in use"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn listens_on_every_address_given() {
+    let second = free_port();
+    let lw = Exporter::start(&["--web.listen-address", &format!("127.0.0.1:{second}")]);
+    assert_eq!(get(lw.port, "/-/healthy").status, 200);
+    assert_eq!(get(second, "/-/healthy").status, 200);
+}
+
+#[test]
+fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("loopwatch.yml");
+    std::fs::write(&path, "processes: []\n").expect("write");
+    let lw = Exporter::start(&["--config.file", path.to_str().expect("utf8")]);
+    assert!(!lw.metrics().contains("group=\"reloaded\""));
+
+    std::fs::write(
+        &path,
+        "processes:\n  - name: reloaded\n    interval: 200ms\n    timeout: 200ms\n    match: {comm: [no-such-proc]}\n",
+    )
+    .expect("write");
+    lw.signal("HUP");
+    let text = wait_for_metrics(&lw, Duration::from_secs(10), "the reloaded group", |t| {
+        sample(t, r#"loopwatch_processes{group="reloaded"}"#) == Some(0.0)
+    });
+    assert_eq!(
+        sample(&text, r#"loopwatch_config_reloads_total{result="success"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "loopwatch_config_last_reload_successful"),
+        Some(1.0)
+    );
+
+    std::fs::write(&path, "processes: [{name: x}]\n").expect("write");
+    lw.signal("HUP");
+    let text = wait_for_metrics(&lw, Duration::from_secs(10), "the rejected reload", |t| {
+        sample(t, "loopwatch_config_last_reload_successful") == Some(0.0)
+    });
+    assert_eq!(
+        sample(&text, r#"loopwatch_config_reloads_total{result="failure"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, r#"loopwatch_processes{group="reloaded"}"#),
+        Some(0.0),
+        "the old config keeps running"
+    );
+    let log = lw.stderr();
+    assert!(log.contains("Rejected the new configuration"), "{log}");
+}
+
+#[test]
+fn sigterm_and_sigint_shut_down_cleanly() {
+    for sig in ["TERM", "INT"] {
+        let mut lw = Exporter::start(&[]);
+        lw.signal(sig);
+        assert_eq!(
+            lw.wait_exit(Duration::from_secs(10)),
+            Some(0),
+            "SIG{sig}: {}",
+            lw.stderr()
+        );
+        assert!(lw.stderr().contains("Shutting down"), "{}", lw.stderr());
+    }
+}
+
+#[test]
+fn logs_are_logfmt_or_json() {
+    let mut lw = Exporter::start(&["--log.format", "json"]);
+    lw.signal("TERM");
+    lw.wait_exit(Duration::from_secs(10));
+    let log = lw.stderr();
+    let first = log.lines().next().expect("a log line");
+    let parsed: serde_json::Value = serde_json::from_str(first).expect("JSON log line");
+    assert_eq!(parsed["level"], "INFO", "{first}");
+
+    let mut lw = Exporter::start(&[]);
+    lw.signal("TERM");
+    lw.wait_exit(Duration::from_secs(10));
+    let log = lw.stderr();
+    assert!(
+        log.lines()
+            .next()
+            .is_some_and(|l| l.contains("level=info") && l.contains("message=")),
+        "{log}"
+    );
+}
