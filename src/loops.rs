@@ -53,10 +53,13 @@ impl LoopState {
     }
 }
 
+/// The loops being watched, by `(app_name, loop)`.
+type LiveLoops = Mutex<BTreeMap<(String, String), Arc<LoopState>>>;
+
 /// All loops known to the exporter.
 pub struct Loops {
     metrics: LoopMetrics,
-    live: Arc<Mutex<BTreeMap<(String, String), Arc<LoopState>>>>,
+    live: Arc<LiveLoops>,
 }
 
 /// The handle a loop's reporter ticks through.
@@ -97,7 +100,7 @@ impl LoopHandle {
 
 struct StallCollector {
     desc: Desc,
-    live: Arc<Mutex<BTreeMap<(String, String), Arc<LoopState>>>>,
+    live: Arc<LiveLoops>,
 }
 
 const STALL_NAME: &str = "loopwatch_loop_stall_seconds";
@@ -193,7 +196,7 @@ impl Loops {
         registry
             .register(Box::new(tasks_pending.clone()))
             .expect("registered once");
-        let live = Arc::new(Mutex::new(BTreeMap::new()));
+        let live = Arc::new(LiveLoops::default());
         let desc = Desc::new(
             STALL_NAME.to_owned(),
             STALL_HELP.to_owned(),

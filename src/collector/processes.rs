@@ -236,7 +236,7 @@ impl Matcher {
         if self.pid_file.is_some() && pid_from_file != Some(p.pid) {
             return false;
         }
-        if !self.comm.is_empty() && !self.comm.iter().any(|c| *c == p.comm) {
+        if !self.comm.is_empty() && !self.comm.contains(&p.comm) {
             return false;
         }
         if !self.exe.is_empty() {

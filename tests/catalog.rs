@@ -1,0 +1,157 @@
+//! Keeps docs/metrics.md, the dashboards and the alert rules in step with
+//! what the binary actually exports.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use regex::Regex;
+
+/// Label names Prometheus, Kubernetes discovery or prometheus-operator attach
+/// to targets: an exported label with such a name would become `exported_*`.
+const RESERVED_LABELS: &[&str] = &[
+    "app",
+    "job",
+    "instance",
+    "namespace",
+    "pod",
+    "container",
+    "service",
+    "endpoint",
+    "node",
+    "cluster",
+    "replica",
+    "prometheus",
+    "env",
+    "environment",
+    "region",
+    "zone",
+];
+
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let re = Regex::new(r"\b(loopwatch_[a-z0-9_]*[a-z0-9]|process_[a-z_]*[a-z])\b").expect("regex");
+    re.find_iter(text).map(|m| m.as_str().to_owned()).collect()
+}
+
+fn documented() -> BTreeSet<String> {
+    let doc = std::fs::read_to_string(repo_path("docs/metrics.md")).expect("docs/metrics.md");
+    let headings: String = doc
+        .lines()
+        .filter(|l| l.starts_with("### "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    metric_names(&headings)
+}
+
+/// The binary, with every collector this build has, and its families.
+fn exported() -> (String, BTreeSet<String>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("loopwatch.yml");
+    std::fs::write(
+        &config,
+        "processes:
+  - name: itself
+    interval: 200ms
+    timeout: 200ms
+    match: {cmdline: ['loopwatch.*--config\\.file']}
+  - name: absent
+    interval: 200ms
+    timeout: 200ms
+    match: {comm: [no-such-proc-x]}
+",
+    )
+    .expect("config");
+    let lw = Exporter::start(&["--config.file", config.to_str().expect("utf8")]);
+    let text = lw.metrics();
+    let families = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    (text, families)
+}
+
+#[test]
+fn every_exported_metric_is_documented_and_every_documented_one_is_exported() {
+    let documented = documented();
+    let (text, exported) = exported();
+    let undocumented: Vec<_> = exported.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported but not in docs/metrics.md: {undocumented:?}"
+    );
+    let missing: Vec<_> = documented.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "in docs/metrics.md but not exported by this build: {missing:?}\n{text}"
+    );
+}
+
+#[test]
+fn no_label_is_named_like_a_target_label() {
+    let (text, _) = exported();
+    let label = Regex::new(r#"([a-zA-Z_][a-zA-Z0-9_]*)=""#).expect("regex");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(open) = line.find('{') else { continue };
+        let close = line.rfind('}').expect("closing brace");
+        for cap in label.captures_iter(&line[open..=close]) {
+            let name = &cap[1];
+            assert!(
+                !RESERVED_LABELS.contains(&name),
+                "reserved label {name:?} in {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn dashboards_and_alerts_only_use_metrics_that_exist() {
+    let documented = documented();
+    let mut used = BTreeSet::new();
+    let mut files = Vec::new();
+    for dir in ["dashboards", "alerts", "alerts/tests"] {
+        let Ok(entries) = std::fs::read_dir(repo_path(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path
+                .extension()
+                .is_some_and(|e| e == "json" || e == "yml" || e == "yaml")
+            {
+                files.push(path);
+            }
+        }
+    }
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "json")),
+        "no dashboard found"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "yml")),
+        "no alert rules found"
+    );
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read");
+        for name in metric_names(&text) {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| documented.contains(*b)))
+                .map(str::to_owned)
+                .unwrap_or(name);
+            if !documented.contains(&base) {
+                used.insert(format!("{base} (in {})", file.display()));
+            }
+        }
+    }
+    assert!(
+        used.is_empty(),
+        "dashboards/alerts use metrics loopwatch does not export: {used:?}"
+    );
+}
