@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::collector::{Driver, Shared, build_collectors};
 use crate::config::{self, ValidConfig};
+use crate::ingest::Ingest;
 use crate::loops::Loops;
 use crate::metrics::{Snapshots, register_build_info, register_snapshots};
 use crate::self_process::SelfProcess;
@@ -115,7 +116,7 @@ impl ReloadMetrics {
 pub struct Exporter {
     pub registry: Registry,
     pub driver: Arc<Driver>,
-    shared: Shared,
+    pub shared: Shared,
     reload_metrics: ReloadMetrics,
 }
 
@@ -136,8 +137,15 @@ impl Exporter {
         }
         let snapshots = Arc::new(Snapshots::default());
         register_snapshots(&registry, snapshots.clone());
+        let loops = Arc::new(Loops::register(&registry));
+        let ingest = Arc::new(Ingest::register(
+            &registry,
+            loops.clone(),
+            config.get().ingest.clone(),
+        ));
         let shared = Shared {
-            loops: Arc::new(Loops::register(&registry)),
+            loops,
+            ingest,
             proc_scanner: Arc::default(),
         };
         let reload_metrics = ReloadMetrics::register(&registry);
@@ -230,6 +238,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
     let state = Arc::new(AppState {
         registry: exporter.registry.clone(),
         driver: exporter.driver.clone(),
+        ingest: exporter.shared.ingest.clone(),
         telemetry_path,
         scrape_slots: (max_requests > 0).then(|| Arc::new(Semaphore::new(max_requests))),
     });

@@ -1,9 +1,10 @@
 //! Event loops, one series set per `{app_name, loop}`: loopwatch's own tokio
 //! runtime, and apps' loops reporting heartbeats.
 //!
-//! A blocked loop cannot say it is blocked, so the stall gauge is computed at
-//! scrape time from the time since the last tick: it grows live while the
-//! loop is blocked and drops to 0 once a tick arrives.
+//! A blocked loop cannot say it is blocked, so `loopwatch_loop_stall_seconds`
+//! and `loopwatch_loop_up` are computed at scrape time from the time since
+//! the last tick: the stall grows live while the loop is blocked and drops to
+//! 0 once a tick arrives.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntGaugeVec, Opts, Registry,
+    Counter, CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::metrics::FamilyBuilder;
@@ -22,39 +24,85 @@ pub const LAG_BUCKETS: [f64; 7] = [0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10.0];
 
 const LABELS: [&str; 2] = ["app_name", "loop"];
 
+const STALL_NAME: &str = "loopwatch_loop_stall_seconds";
+const STALL_HELP: &str = "How long the loop has been blocked right now: 0 while it ticks on time, growing while it is blocked.";
+const UP_NAME: &str = "loopwatch_loop_up";
+const UP_HELP: &str = "Whether the loop is reporting (1) or went silent without saying bye (0).";
+
 struct LoopMetrics {
     lag: HistogramVec,
     stalls: CounterVec,
     blocked: CounterVec,
-    up: IntGaugeVec,
     last_heartbeat: GaugeVec,
     tasks_pending: IntGaugeVec,
 }
 
-/// Timing state of one loop, shared between its ticker and the scrape.
-struct LoopState {
+/// What the watchdog knows about a loop right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopStatus {
+    Running,
+    Stalled,
+    /// Silent for longer than its silence timeout, without a bye.
+    Down,
+    /// Said bye.
+    Stopped,
+}
+
+impl LoopStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoopStatus::Running => "running",
+            LoopStatus::Stalled => "stalled",
+            LoopStatus::Down => "down",
+            LoopStatus::Stopped => "stopped",
+        }
+    }
+}
+
+/// Timing of one loop, shared between its reporter and the scrape.
+#[derive(Debug)]
+struct Timing {
     /// Expected time between ticks.
     interval: Duration,
     /// Lateness beyond which the loop counts as stalled.
     threshold: Duration,
-    last_tick: Mutex<Instant>,
+    /// Silence after which the loop is down; `None`: never (our own runtime).
+    silence_timeout: Option<Duration>,
+    last_tick: Instant,
+    /// Last sign of life: a tick or a stall report from the app's watchdog.
+    last_seen: Instant,
+    stopped: bool,
 }
 
-impl LoopState {
+impl Timing {
     /// How far the next tick is overdue, when that exceeds the threshold.
     fn stall(&self, now: Instant) -> Duration {
-        let last = *self.last_tick.lock().unwrap_or_else(|e| e.into_inner());
-        let late = now.saturating_duration_since(last + self.interval);
+        let late = now.saturating_duration_since(self.last_tick + self.interval);
         if late > self.threshold {
             late
         } else {
             Duration::ZERO
         }
     }
+
+    fn status(&self, now: Instant) -> LoopStatus {
+        if self.stopped {
+            LoopStatus::Stopped
+        } else if self
+            .silence_timeout
+            .is_some_and(|t| now.saturating_duration_since(self.last_seen) > t)
+        {
+            LoopStatus::Down
+        } else if self.stall(now) > Duration::ZERO {
+            LoopStatus::Stalled
+        } else {
+            LoopStatus::Running
+        }
+    }
 }
 
 /// The loops being watched, by `(app_name, loop)`.
-type LiveLoops = Mutex<BTreeMap<(String, String), Arc<LoopState>>>;
+type LiveLoops = Mutex<BTreeMap<(String, String), Arc<Mutex<Timing>>>>;
 
 /// All loops known to the exporter.
 pub struct Loops {
@@ -62,35 +110,85 @@ pub struct Loops {
     live: Arc<LiveLoops>,
 }
 
-/// The handle a loop's reporter ticks through.
+/// The handle a loop's reporter records through.
 pub struct LoopHandle {
-    state: Arc<LoopState>,
+    timing: Arc<Mutex<Timing>>,
     lag: Histogram,
-    stalls: prometheus::Counter,
-    blocked: prometheus::Counter,
-    last_heartbeat: prometheus::Gauge,
-    tasks_pending: prometheus::IntGauge,
+    stalls: Counter,
+    blocked: Counter,
+    last_heartbeat: Gauge,
+    tasks_pending: IntGauge,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
 }
 
 impl LoopHandle {
-    /// Records one tick that arrived `lag` after it was due.
-    pub fn tick(&self, lag: Duration) {
-        *self
-            .state
-            .last_tick
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    fn timing(&self) -> std::sync::MutexGuard<'_, Timing> {
+        self.timing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one tick that ran `lag` after it was due. Returns true when
+    /// that lateness counted as a stall.
+    pub fn tick(&self, lag: Duration) -> bool {
+        let threshold = {
+            let mut t = self.timing();
+            let now = Instant::now();
+            t.last_tick = now;
+            t.last_seen = now;
+            t.stopped = false;
+            t.threshold
+        };
         let lag_s = lag.as_secs_f64();
         self.lag.observe(lag_s);
-        if lag > self.state.threshold {
+        self.last_heartbeat.set(unix_now());
+        if lag > threshold {
             self.stalls.inc();
             self.blocked.inc_by(lag_s);
+            true
+        } else {
+            false
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or_default();
-        self.last_heartbeat.set(now);
+    }
+
+    /// A sign of life that is not a tick (the app's watchdog reporting a stall).
+    pub fn seen(&self) {
+        self.timing().last_seen = Instant::now();
+    }
+
+    /// Updates the schedule the loop announced.
+    pub fn set_schedule(&self, interval: Duration, threshold: Duration) {
+        let mut t = self.timing();
+        t.interval = interval;
+        t.threshold = threshold;
+    }
+
+    /// A clean shutdown: the loop is neither stalled nor down.
+    pub fn stop(&self) {
+        self.timing().stopped = true;
+    }
+
+    pub fn status(&self) -> LoopStatus {
+        self.timing().status(Instant::now())
+    }
+
+    /// The current stall, zero unless stalled.
+    pub fn stall(&self) -> Duration {
+        let t = self.timing();
+        let now = Instant::now();
+        match t.status(now) {
+            LoopStatus::Stalled => t.stall(now),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Time since the last sign of life.
+    pub fn silent_for(&self) -> Duration {
+        self.timing().last_seen.elapsed()
     }
 
     pub fn set_tasks_pending(&self, n: i64) {
@@ -98,33 +196,39 @@ impl LoopHandle {
     }
 }
 
-struct StallCollector {
-    desc: Desc,
+struct WatchdogCollector {
+    descs: Vec<Desc>,
     live: Arc<LiveLoops>,
 }
 
-const STALL_NAME: &str = "loopwatch_loop_stall_seconds";
-const STALL_HELP: &str = "How long the loop has been blocked right now: 0 while it ticks on time, growing while it is blocked.";
-
-impl Collector for StallCollector {
+impl Collector for WatchdogCollector {
     fn desc(&self) -> Vec<&Desc> {
-        vec![&self.desc]
+        self.descs.iter().collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
         let now = Instant::now();
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         let mut b = FamilyBuilder::default();
-        for ((app, name), state) in live.iter() {
-            b.gauge(
-                STALL_NAME,
-                STALL_HELP,
-                &[("app_name", app), ("loop", name)],
-                state.stall(now).as_secs_f64(),
-            );
+        for ((app, name), timing) in live.iter() {
+            let t = timing.lock().unwrap_or_else(|e| e.into_inner());
+            let labels = [("app_name", app.as_str()), ("loop", name.as_str())];
+            let (up, stall) = match t.status(now) {
+                LoopStatus::Stopped => continue,
+                LoopStatus::Down => (0.0, 0.0),
+                LoopStatus::Running | LoopStatus::Stalled => (1.0, t.stall(now).as_secs_f64()),
+            };
+            b.gauge(UP_NAME, UP_HELP, &labels, up);
+            b.gauge(STALL_NAME, STALL_HELP, &labels, stall);
         }
         b.finish()
     }
+}
+
+fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: &T) {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
 }
 
 impl Loops {
@@ -154,14 +258,6 @@ impl Loops {
             &LABELS,
         )
         .expect("valid metric");
-        let up = IntGaugeVec::new(
-            Opts::new(
-                "loopwatch_loop_up",
-                "Whether the loop is reporting (1) or went silent (0).",
-            ),
-            &LABELS,
-        )
-        .expect("valid metric");
         let last_heartbeat = GaugeVec::new(
             Opts::new(
                 "loopwatch_loop_last_heartbeat_timestamp_seconds",
@@ -178,35 +274,27 @@ impl Loops {
             &LABELS,
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(lag.clone()))
-            .expect("registered once");
-        registry
-            .register(Box::new(stalls.clone()))
-            .expect("registered once");
-        registry
-            .register(Box::new(blocked.clone()))
-            .expect("registered once");
-        registry
-            .register(Box::new(up.clone()))
-            .expect("registered once");
-        registry
-            .register(Box::new(last_heartbeat.clone()))
-            .expect("registered once");
-        registry
-            .register(Box::new(tasks_pending.clone()))
-            .expect("registered once");
+        register(registry, &lag);
+        register(registry, &stalls);
+        register(registry, &blocked);
+        register(registry, &last_heartbeat);
+        register(registry, &tasks_pending);
         let live = Arc::new(LiveLoops::default());
-        let desc = Desc::new(
-            STALL_NAME.to_owned(),
-            STALL_HELP.to_owned(),
-            LABELS.iter().map(|s| (*s).to_owned()).collect(),
-            Default::default(),
-        )
-        .expect("valid desc");
+        let descs = [(STALL_NAME, STALL_HELP), (UP_NAME, UP_HELP)]
+            .iter()
+            .map(|(name, help)| {
+                Desc::new(
+                    (*name).to_owned(),
+                    (*help).to_owned(),
+                    LABELS.iter().map(|s| (*s).to_owned()).collect(),
+                    Default::default(),
+                )
+                .expect("valid desc")
+            })
+            .collect();
         registry
-            .register(Box::new(StallCollector {
-                desc,
+            .register(Box::new(WatchdogCollector {
+                descs,
                 live: live.clone(),
             }))
             .expect("registered once");
@@ -215,7 +303,6 @@ impl Loops {
                 lag,
                 stalls,
                 blocked,
-                up,
                 last_heartbeat,
                 tasks_pending,
             },
@@ -223,27 +310,32 @@ impl Loops {
         }
     }
 
-    /// Starts tracking a loop that ticks every `interval`; it counts as up.
+    /// Starts watching a loop that ticks every `interval`. A loop that was
+    /// already known keeps its counters (an app's restart).
     pub fn attach(
         &self,
         app: &str,
         name: &str,
         interval: Duration,
         threshold: Duration,
+        silence_timeout: Option<Duration>,
     ) -> LoopHandle {
-        let state = Arc::new(LoopState {
+        let now = Instant::now();
+        let timing = Arc::new(Mutex::new(Timing {
             interval,
             threshold,
-            last_tick: Mutex::new(Instant::now()),
-        });
+            silence_timeout,
+            last_tick: now,
+            last_seen: now,
+            stopped: false,
+        }));
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((app.to_owned(), name.to_owned()), state.clone());
+            .insert((app.to_owned(), name.to_owned()), timing.clone());
         let labels = [app, name];
-        self.metrics.up.with_label_values(&labels).set(1);
         LoopHandle {
-            state,
+            timing,
             lag: self.metrics.lag.with_label_values(&labels),
             stalls: self.metrics.stalls.with_label_values(&labels),
             blocked: self.metrics.blocked.with_label_values(&labels),
@@ -263,7 +355,6 @@ impl Loops {
         let _ = m.lag.remove_label_values(&labels);
         let _ = m.stalls.remove_label_values(&labels);
         let _ = m.blocked.remove_label_values(&labels);
-        let _ = m.up.remove_label_values(&labels);
         let _ = m.last_heartbeat.remove_label_values(&labels);
         let _ = m.tasks_pending.remove_label_values(&labels);
     }
@@ -273,27 +364,43 @@ impl Loops {
 mod tests {
     use super::*;
 
-    #[test]
-    fn stall_grows_while_no_tick_and_resets_on_tick() {
-        let state = LoopState {
+    fn timing(silence: Option<Duration>) -> Timing {
+        let now = Instant::now();
+        Timing {
             interval: Duration::from_millis(100),
             threshold: Duration::from_millis(500),
-            last_tick: Mutex::new(Instant::now()),
-        };
-        let t0 = *state.last_tick.lock().expect("lock");
-        assert_eq!(state.stall(t0 + Duration::from_millis(550)), Duration::ZERO);
+            silence_timeout: silence,
+            last_tick: now,
+            last_seen: now,
+            stopped: false,
+        }
+    }
+
+    #[test]
+    fn stall_grows_while_no_tick_and_a_silent_loop_goes_down() {
+        let t = timing(Some(Duration::from_secs(30)));
+        let t0 = t.last_tick;
+        assert_eq!(t.stall(t0 + Duration::from_millis(550)), Duration::ZERO);
         assert_eq!(
-            state.stall(t0 + Duration::from_millis(700)),
-            Duration::from_millis(600)
+            t.status(t0 + Duration::from_millis(550)),
+            LoopStatus::Running
         );
         assert_eq!(
-            state.stall(t0 + Duration::from_millis(2100)),
-            Duration::from_millis(2000)
+            t.stall(t0 + Duration::from_millis(700)),
+            Duration::from_millis(600)
+        );
+        assert_eq!(t.status(t0 + Duration::from_secs(2)), LoopStatus::Stalled);
+        assert_eq!(t.status(t0 + Duration::from_secs(31)), LoopStatus::Down);
+        // Our own runtime never goes down.
+        let t = timing(None);
+        assert_eq!(
+            t.status(t.last_tick + Duration::from_secs(3600)),
+            LoopStatus::Stalled
         );
     }
 
     #[test]
-    fn a_late_tick_counts_a_stall() {
+    fn a_late_tick_counts_a_stall_and_bye_hides_the_loop() {
         let registry = Registry::new();
         let loops = Loops::register(&registry);
         let h = loops.attach(
@@ -301,25 +408,26 @@ mod tests {
             "main",
             Duration::from_millis(100),
             Duration::from_millis(500),
+            Some(Duration::from_secs(30)),
         );
-        h.tick(Duration::from_millis(2));
-        h.tick(Duration::from_millis(1500));
+        assert!(!h.tick(Duration::from_millis(2)));
+        assert!(h.tick(Duration::from_millis(1500)));
         let text = String::from_utf8(crate::metrics::encode(&registry)).expect("utf8");
+        for line in [
+            r#"loopwatch_loop_stalls_total{app_name="a",loop="main"} 1"#,
+            r#"loopwatch_loop_blocked_seconds_total{app_name="a",loop="main"} 1.5"#,
+            r#"loopwatch_loop_stall_seconds{app_name="a",loop="main"} 0"#,
+            r#"loopwatch_loop_up{app_name="a",loop="main"} 1"#,
+            r#"loopwatch_loop_lag_seconds_count{app_name="a",loop="main"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        h.stop();
+        let text = String::from_utf8(crate::metrics::encode(&registry)).expect("utf8");
+        assert!(!text.contains("loopwatch_loop_up{"), "{text}");
         assert!(
-            text.contains(r#"loopwatch_loop_stalls_total{app_name="a",loop="main"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"loopwatch_loop_blocked_seconds_total{app_name="a",loop="main"} 1.5"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"loopwatch_loop_stall_seconds{app_name="a",loop="main"} 0"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"loopwatch_loop_lag_seconds_count{app_name="a",loop="main"} 2"#),
-            "{text}"
+            text.contains("loopwatch_loop_stalls_total{"),
+            "counters stay: {text}"
         );
         loops.remove("a", "main");
         let text = String::from_utf8(crate::metrics::encode(&registry)).expect("utf8");

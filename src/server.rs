@@ -1,4 +1,5 @@
-//! The HTTP side: `/metrics`, the landing page, health and readiness.
+//! The HTTP side: `/metrics`, the landing page, health and readiness, and the
+//! apps' API: `POST /api/v1/events` (ingest) and `GET /api/v1/loops`.
 //!
 //! It runs on its own runtime, apart from the collectors, so that a blocked
 //! collector runtime shows up as a stall in `/metrics` instead of a timeout.
@@ -8,21 +9,24 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use prometheus::Registry;
 use tokio::sync::Semaphore;
 use tower_http::compression::CompressionLayer;
 
 use crate::collector::Driver;
+use crate::ingest::{Ingest, Transport};
 use crate::metrics::{TEXT_CONTENT_TYPE, build, encode};
 
 /// What the handlers read.
 pub struct AppState {
     pub registry: Registry,
     pub driver: Arc<Driver>,
+    pub ingest: Arc<Ingest>,
     pub telemetry_path: String,
     /// Concurrent scrapes allowed (`--web.max-requests`); `None`: no limit.
     pub scrape_slots: Option<Arc<Semaphore>>,
@@ -35,6 +39,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/", get(landing))
         .route("/-/healthy", get(|| async { "Healthy\n" }))
         .route("/-/ready", get(ready))
+        .route(
+            "/api/v1/events",
+            post(events).layer(DefaultBodyLimit::max(MAX_EVENTS_BODY)),
+        )
+        .route("/api/v1/loops", get(loops))
         .with_state(state)
         // Outermost: compress whatever the handlers return, when asked to.
         .layer(CompressionLayer::new().gzip(true))
@@ -56,6 +65,29 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     };
     let body = encode(&state.registry);
     ([(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)], body).into_response()
+}
+
+/// Largest `POST /api/v1/events` body; larger ones get 413.
+pub const MAX_EVENTS_BODY: usize = 1024 * 1024;
+
+/// NDJSON batch of client-protocol messages; a bad line never fails the rest.
+async fn events(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let (mut accepted, mut rejected) = (0u64, 0u64);
+    for line in body.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match state.ingest.handle(line, Transport::Http) {
+            Ok(()) => accepted += 1,
+            Err(_) => rejected += 1,
+        }
+    }
+    axum::Json(serde_json::json!({"accepted": accepted, "rejected": rejected})).into_response()
+}
+
+async fn loops(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(serde_json::json!({"loops": state.ingest.loops()})).into_response()
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
@@ -110,6 +142,19 @@ async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
             escape(error.as_deref().unwrap_or("")),
         ));
     }
+    let mut sites = String::new();
+    for s in state.ingest.top_sites(10) {
+        sites.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>\n",
+            escape(&s.app_name),
+            escape(&s.loop_name),
+            escape(&s.site),
+            s.stalls
+        ));
+    }
+    if sites.is_empty() {
+        sites.push_str("<tr><td colspan=\"4\">No stalls reported.</td></tr>\n");
+    }
     let path = escape(&state.telemetry_path);
     Html(format!(
         r#"<!DOCTYPE html>
@@ -122,10 +167,14 @@ async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
 <li><a href="{path}">Metrics</a></li>
 <li><a href="/-/healthy">Health</a></li>
 <li><a href="/-/ready">Readiness</a></li>
+<li><a href="/api/v1/loops">Apps' event loops (JSON): state, current stall, recent stalls with stack and site</a></li>
 </ul>
 <h2>Collectors</h2>
 <table><tr><th>collector</th><th>target</th><th>interval</th><th>state</th><th>last success</th><th>last error</th></tr>
 {rows}</table>
+<h2>Top blocking sites</h2>
+<table><tr><th>app_name</th><th>loop</th><th>site</th><th>stalls</th></tr>
+{sites}</table>
 </body></html>
 "#,
         version = build::VERSION,

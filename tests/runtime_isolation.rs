@@ -53,6 +53,7 @@ fn a_blocked_collector_runtime_shows_as_a_live_stall() {
     let state = Arc::new(AppState {
         registry: exporter.registry.clone(),
         driver: exporter.driver.clone(),
+        ingest: exporter.shared.ingest.clone(),
         telemetry_path: "/metrics".into(),
         scrape_slots: None,
     });
@@ -107,6 +108,7 @@ fn scrapes_beyond_max_requests_get_503() {
     let state = Arc::new(AppState {
         registry: exporter.registry.clone(),
         driver: exporter.driver.clone(),
+        ingest: exporter.shared.ingest.clone(),
         telemetry_path: "/metrics".into(),
         scrape_slots: Some(slots.clone()),
     });

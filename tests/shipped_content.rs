@@ -1013,16 +1013,15 @@ impl YamlReader {
             }
             _ => {
                 let mut s = strip_comment(rest).to_string();
-                // A plain scalar continues on deeper-indented lines.
-                while parent != usize::MAX {
-                    match self.lines.get(self.pos) {
-                        Some(l) if !l.trim().is_empty() && indent_of(l) > parent => {
-                            s.push(' ');
-                            s.push_str(strip_comment(l.trim()));
-                            self.pos += 1;
-                        }
-                        _ => break,
+                // A plain scalar continues on deeper-indented lines (not
+                // inside a flow collection, whose parent is usize::MAX).
+                while let Some(l) = self.lines.get(self.pos) {
+                    if parent == usize::MAX || l.trim().is_empty() || indent_of(l) <= parent {
+                        break;
                     }
+                    s.push(' ');
+                    s.push_str(strip_comment(l.trim()));
+                    self.pos += 1;
                 }
                 Ok(if s == "~" || s == "null" || s.is_empty() {
                     Yaml::Null

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::ingest::Ingest;
 use crate::loops::Loops;
 use crate::metrics::Families;
 
@@ -119,6 +120,7 @@ pub struct Built {
 #[derive(Clone)]
 pub struct Shared {
     pub loops: Arc<Loops>,
+    pub ingest: Arc<Ingest>,
     pub proc_scanner: Arc<processes::ProcScanner>,
 }
 
@@ -126,6 +128,7 @@ pub struct Shared {
 pub fn build_collectors(config: &Config, shared: &Shared) -> Vec<Built> {
     let mut built = Vec::new();
     built.extend(runtime::build(&config.runtime, shared));
+    built.push(crate::ingest::udp::build(&config.ingest, &shared.ingest));
     built.extend(processes::build(&config.processes, shared));
     built
 }

@@ -38,9 +38,9 @@ struct RuntimeTicker {
 impl Streaming for RuntimeTicker {
     fn run(&mut self) -> BoxFuture<'_, Result<(), CollectError>> {
         Box::pin(async move {
-            let handle = self
-                .loops
-                .attach(APP_NAME, LOOP_NAME, self.interval, self.threshold);
+            let handle =
+                self.loops
+                    .attach(APP_NAME, LOOP_NAME, self.interval, self.threshold, None);
             let runtime = Handle::current();
             let mut due = Instant::now() + self.interval;
             loop {

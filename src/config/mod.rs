@@ -27,6 +27,8 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.yml");
 pub struct Config {
     /// HTTP server settings; command-line flags override them.
     pub web: WebConfig,
+    /// Apps' reports over the client protocol (docs/protocol.md).
+    pub ingest: IngestConfig,
     /// The lag ticker on loopwatch's own tokio runtime.
     pub runtime: RuntimeConfig,
     /// Process groups to watch.
@@ -53,6 +55,55 @@ impl Default for WebConfig {
             telemetry_path: "/metrics".to_owned(),
             max_requests: 40,
             disable_exporter_metrics: false,
+        }
+    }
+}
+
+/// Caps keep every label bounded whatever apps send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// UDP address apps send datagrams to; empty disables UDP ingest
+    /// (`POST /api/v1/events` stays available).
+    pub udp_listen_address: String,
+    /// Silence after which a loop that did not say bye is down.
+    #[serde(with = "humantime_serde")]
+    pub silence_timeout: Duration,
+    /// How long a down or stopped loop keeps its series.
+    #[serde(with = "humantime_serde")]
+    pub loop_expiry: Duration,
+    /// Apps tracked at most; messages from more are rejected.
+    pub max_apps: usize,
+    /// Loops per app at most; messages for more are rejected.
+    pub max_loops_per_app: usize,
+    /// Task names per loop at most; more fold into `other`.
+    pub max_tasks: usize,
+    /// Exception types per loop at most; more fold into `other`.
+    pub max_exceptions: usize,
+    /// Blocking sites per loop at most; more fold into `other`.
+    pub max_sites: usize,
+    /// Pools per app at most; more fold into `other`.
+    pub max_pools: usize,
+    /// `{api, resource}` pairs reported by apps at most; more fold into `other`.
+    pub max_ratelimits: usize,
+    /// Stalls kept per loop for `GET /api/v1/loops`.
+    pub recent_stalls: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            udp_listen_address: "127.0.0.1:10071".to_owned(),
+            silence_timeout: Duration::from_secs(30),
+            loop_expiry: Duration::from_secs(3600),
+            max_apps: 50,
+            max_loops_per_app: 16,
+            max_tasks: 100,
+            max_exceptions: 50,
+            max_sites: 50,
+            max_pools: 16,
+            max_ratelimits: 100,
+            recent_stalls: 10,
         }
     }
 }
@@ -179,9 +230,14 @@ impl ValidConfig {
     pub fn summary(&self) -> String {
         let c = &self.config;
         format!(
-            "runtime watch {}, {} process group(s)",
+            "runtime watch {}, {} process group(s), UDP ingest {}",
             if c.runtime.enabled { "on" } else { "off" },
             c.processes.len(),
+            if c.ingest.udp_listen_address.is_empty() {
+                "off"
+            } else {
+                c.ingest.udp_listen_address.as_str()
+            },
         )
     }
 }
@@ -317,6 +373,43 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
             "web.telemetry_path".to_owned(),
             "must start with / and name a path other than /".to_owned(),
         ));
+    }
+
+    let ingest = &config.ingest;
+    let udp = &ingest.udp_listen_address;
+    if !udp.is_empty() {
+        if let Err(e) = crate::server::parse_listen_address(udp) {
+            problems.push(("ingest.udp_listen_address".to_owned(), e));
+        }
+    }
+    if ingest.silence_timeout < Duration::from_secs(1) {
+        problems.push((
+            "ingest.silence_timeout".to_owned(),
+            "must be at least 1s".to_owned(),
+        ));
+    }
+    if ingest.loop_expiry < ingest.silence_timeout {
+        problems.push((
+            "ingest.loop_expiry".to_owned(),
+            "must not be shorter than ingest.silence_timeout: an alert on a dead app would resolve when its series vanish".to_owned(),
+        ));
+    }
+    for (key, value, max) in [
+        ("max_apps", ingest.max_apps, 10_000),
+        ("max_loops_per_app", ingest.max_loops_per_app, 1_000),
+        ("max_tasks", ingest.max_tasks, 10_000),
+        ("max_exceptions", ingest.max_exceptions, 10_000),
+        ("max_sites", ingest.max_sites, 10_000),
+        ("max_pools", ingest.max_pools, 1_000),
+        ("max_ratelimits", ingest.max_ratelimits, 10_000),
+        ("recent_stalls", ingest.recent_stalls, 1_000),
+    ] {
+        if value == 0 || value > max {
+            problems.push((
+                format!("ingest.{key}"),
+                format!("must be between 1 and {max}"),
+            ));
+        }
     }
 
     let rt = &config.runtime;

@@ -96,6 +96,35 @@ pub fn get_with(port: u16, path: &str, extra_headers: &str) -> std::io::Result<R
     })
 }
 
+/// One POST with a body over a fresh connection.
+pub fn post(port: u16, path: &str, body: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .expect("write head");
+    stream.write_all(body).expect("write body");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    Response {
+        status,
+        headers: Vec::new(),
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
 pub fn get(port: u16, path: &str) -> Response {
     get_with(port, path, "").unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))
 }
