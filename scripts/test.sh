@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On a fresh machine it first installs what the
-# tests need and is missing: Debian's `prometheus` package (for promtool) and,
-# once clients/python exists, the Python test packages.
+# tests need and is missing: Debian's `prometheus` package (for promtool) and
+# the Python client's test packages (pytest, mypy, uvloop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +14,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+if ! python3 -c 'import pytest, mypy, uvloop' >/dev/null 2>&1; then
+  echo "Installing pytest, mypy and uvloop (the Python client's test packages)"
+  python3 -m pip install -q pytest mypy uvloop
+fi
 
+# The Python client: typed, and tested on asyncio and uvloop.
+python3 -m mypy --strict clients/python/src
+python3 -m pytest -q -p no:cacheprovider clients/python/tests
+
+# The exporter: unit tests, and integration tests against the real binary,
+# promtool, processes and Python apps.
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast
 else

@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 use super::{Built, CollectError, Job, Periodic, Reason, Streaming};
 use crate::metrics::{Families, Slot, Snapshots};
 
+/// How often a running streaming collector's last success is refreshed.
+const STREAMING_ALIVE_EVERY: Duration = Duration::from_secs(5);
 /// Pause before a failed streaming collector is started again.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
@@ -326,7 +328,17 @@ async fn run_periodic(
 async fn run_streaming(mut collector: Box<dyn Streaming>, recorder: Recorder) {
     loop {
         recorder.success();
-        let outcome = AssertUnwindSafe(collector.run()).catch_unwind().await;
+        let run = AssertUnwindSafe(collector.run()).catch_unwind();
+        tokio::pin!(run);
+        // While it runs, it is alive: keep its last success current.
+        let mut alive = tokio::time::interval(STREAMING_ALIVE_EVERY);
+        alive.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                _ = alive.tick() => recorder.success(),
+            }
+        };
         let error = match outcome {
             Ok(Ok(())) => return,
             Ok(Err(error)) => error,
