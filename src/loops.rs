@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Counter, CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
+    Counter, CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 use crate::metrics::FamilyBuilder;
@@ -116,7 +116,8 @@ pub struct LoopHandle {
     lag: Histogram,
     stalls: Counter,
     blocked: Counter,
-    last_heartbeat: Gauge,
+    /// Created at the first tick: a 0 timestamp would read as 1970.
+    last_heartbeat: (GaugeVec, [String; 2]),
     tasks_pending: IntGauge,
 }
 
@@ -145,7 +146,9 @@ impl LoopHandle {
         };
         let lag_s = lag.as_secs_f64();
         self.lag.observe(lag_s);
-        self.last_heartbeat.set(unix_now());
+        let (vec, [app, name]) = &self.last_heartbeat;
+        vec.with_label_values(&[app.as_str(), name.as_str()])
+            .set(unix_now());
         if lag > threshold {
             self.stalls.inc();
             self.blocked.inc_by(lag_s);
@@ -339,7 +342,10 @@ impl Loops {
             lag: self.metrics.lag.with_label_values(&labels),
             stalls: self.metrics.stalls.with_label_values(&labels),
             blocked: self.metrics.blocked.with_label_values(&labels),
-            last_heartbeat: self.metrics.last_heartbeat.with_label_values(&labels),
+            last_heartbeat: (
+                self.metrics.last_heartbeat.clone(),
+                [app.to_owned(), name.to_owned()],
+            ),
             tasks_pending: self.metrics.tasks_pending.with_label_values(&labels),
         }
     }
