@@ -1,15 +1,13 @@
 //! Checks the content loopwatch ships beside the binary: the Grafana dashboards
-//! in `dashboards/`, the Prometheus rules in `alerts/`, their promtool unit
-//! tests in `alerts/tests/` and the runbooks in `docs/runbooks.md` that the
-//! alerts link to.
+//! in `dashboards/` (and that they are what `dashboards/generate.py` writes),
+//! the Prometheus rules in `alerts/`, their promtool unit tests in
+//! `alerts/tests/` and the runbooks in `docs/runbooks.md` that the alerts
+//! link to.
 //!
 //! Every check globs its directory, so a new dashboard or rule file is covered
 //! without touching this file. The checks need promtool (from `PATH`, or the
-//! `PROMTOOL` environment variable): without it they fail, they never skip.
-//!
-//! The rule files are read with a small reader for the block-style YAML
-//! subset they use (no YAML crate is a dependency); it rejects what it does not
-//! understand instead of guessing, and promtool validates the files for real.
+//! `PROMTOOL` environment variable) and python3 (or `PYTHON`): without them
+//! they fail, they never skip.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -18,6 +16,7 @@ use std::process::Command;
 
 use regex::Regex;
 use serde_json::Value;
+use serde_norway::Value as Yaml;
 
 /// Where every `runbook_url` must point, followed by `#<alertname lowercased>`.
 const RUNBOOK_BASE: &str = "https://github.com/loopwatch/loopwatch/blob/main/docs/runbooks.md";
@@ -25,20 +24,8 @@ const RUNBOOK_BASE: &str = "https://github.com/loopwatch/loopwatch/blob/main/doc
 /// Target labels that Prometheus, Kubernetes service discovery or
 /// prometheus-operator attach: a metric label with one of these names is
 /// renamed `exported_<name>` at scrape time and breaks every query.
-const RESERVED_LABELS: &[&str] = &[
-    "app",
-    "namespace",
-    "pod",
-    "container",
-    "service",
-    "endpoint",
-    "node",
-    "cluster",
-    "replica",
-    "prometheus",
-    "env",
-    "region",
-];
+const RESERVED_LABELS: &str =
+    "app namespace pod container service endpoint node cluster replica prometheus env region";
 
 /// `job` and `instance` are target labels too: queries may select and group
 /// by them, but no rule may set them.
@@ -60,7 +47,7 @@ fn rel(path: &Path) -> String {
 }
 
 /// The files directly in `dir` (relative to the crate) whose name ends in one
-/// of `exts`, sorted.
+/// of `exts`, sorted; none is an error.
 fn files_in(dir: &str, exts: &[&str]) -> Vec<PathBuf> {
     let dir = repo().join(dir);
     let entries =
@@ -97,50 +84,45 @@ fn assert_no_problems(what: &str, problems: &[String]) {
     );
 }
 
-/// promtool from `PROMTOOL` or `PATH`; a missing promtool fails the test.
-fn promtool() -> PathBuf {
-    if let Some(path) = std::env::var_os("PROMTOOL") {
+/// `name` from the environment variable `var`, else from `PATH`; missing
+/// fails the test with `install`.
+fn tool(var: &str, name: &str, install: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(var) {
         let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "PROMTOOL={} is not a file; point it at the promtool binary",
-            path.display()
-        );
+        assert!(path.is_file(), "{var}={} is not a file", path.display());
         return path;
     }
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path_var) {
-        let candidate = dir.join("promtool");
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "promtool not found in PATH. These tests validate the shipped alert rules and dashboard \
-         queries with it and cannot pass without it: install it (Debian/Ubuntu: \
-         `apt-get install prometheus`; or the prometheus tarball from \
-         https://prometheus.io/download/) or set PROMTOOL=/path/to/promtool."
-    );
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} not found in PATH. {install} (or set {var}=/path/to/{name}).")
+        })
 }
 
-/// Runs promtool in the crate directory; returns success and its whole output.
-fn run_promtool(args: &[OsString]) -> (bool, String) {
-    let tool = promtool();
-    let out = Command::new(&tool)
+/// Runs `program` in the crate directory; returns success and its whole output.
+fn run(program: &Path, args: &[OsString]) -> (bool, String) {
+    let out = Command::new(program)
         .args(args)
         .current_dir(repo())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool.display()));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    let cmd: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
     let text = format!(
-        "$ promtool {}\n{}{}",
-        args.iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" "),
+        "$ {} {}\n{}{}",
+        program.display(),
+        cmd.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+fn promtool(args: &[OsString]) -> (bool, String) {
+    let install = "These tests validate the shipped alert rules and dashboard queries with it and \
+                   cannot pass without it: install it (Debian/Ubuntu: `apt-get install prometheus`; \
+                   or the prometheus tarball from https://prometheus.io/download/)";
+    run(&tool("PROMTOOL", "promtool", install), args)
 }
 
 // --------------------------------------------------------------- dashboards
@@ -181,13 +163,19 @@ fn all_panels(dashboard: &Value) -> Vec<&Value> {
 }
 
 fn is_row(panel: &Value) -> bool {
-    panel.get("type").and_then(Value::as_str) == Some("row")
+    panel["type"] == "row"
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str)
 }
 
 fn panel_name(panel: &Value) -> String {
-    let title = panel.get("title").and_then(Value::as_str).unwrap_or("");
-    let id = panel.get("id").map(Value::to_string).unwrap_or_default();
-    format!("panel {id} {title:?}")
+    format!(
+        "panel {} {:?}",
+        panel["id"],
+        str_at(panel, "/title").unwrap_or("")
+    )
 }
 
 fn template_vars(dashboard: &Value) -> Vec<&Value> {
@@ -201,21 +189,17 @@ fn template_vars(dashboard: &Value) -> Vec<&Value> {
 fn var_named<'a>(dashboard: &'a Value, name: &str) -> Option<&'a Value> {
     template_vars(dashboard)
         .into_iter()
-        .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
+        .find(|v| v["name"] == name)
 }
 
 /// The query of a query variable, in the old (string) or new (object) form.
 fn var_query(var: &Value) -> Option<&str> {
-    match var.get("query") {
-        Some(Value::String(s)) => Some(s),
-        Some(q) => q.get("query").and_then(Value::as_str),
-        None => None,
-    }
+    var.get("query")
+        .and_then(|q| q.as_str().or_else(|| str_at(q, "/query")))
 }
 
 fn uses_datasource_var(ds: Option<&Value>) -> bool {
-    ds.and_then(|d| d.get("uid")).and_then(Value::as_str) == Some("${datasource}")
-        && ds.and_then(|d| d.get("type")).and_then(Value::as_str) == Some("prometheus")
+    ds.is_some_and(|d| d["uid"] == "${datasource}" && d["type"] == "prometheus")
 }
 
 /// A PromQL expression of a dashboard, with where it comes from.
@@ -223,6 +207,8 @@ struct Query {
     origin: String,
     expr: String,
     legend: Option<String>,
+    /// An instant panel query: it may also use `[$__range]`.
+    instant: bool,
 }
 
 /// The expressions of every panel target, and the selector inside every
@@ -233,36 +219,33 @@ fn queries(dashboard: &Dashboard) -> Vec<Query> {
         .into_iter()
         .filter(|p| !is_row(p))
     {
-        for target in panel
-            .get("targets")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(expr) = target.get("expr").and_then(Value::as_str) {
-                let ref_id = target.get("refId").and_then(Value::as_str).unwrap_or("?");
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                let ref_id = target["refId"].as_str().unwrap_or("?");
                 out.push(Query {
                     origin: format!("{} {} target {ref_id}", dashboard.name, panel_name(panel)),
                     expr: expr.to_string(),
-                    legend: target
-                        .get("legendFormat")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
+                    legend: target["legendFormat"].as_str().map(str::to_string),
+                    instant: target["instant"] == true && target["range"] != true,
                 });
             }
         }
     }
     for var in template_vars(&dashboard.json) {
-        let name = var.get("name").and_then(Value::as_str).unwrap_or("?");
-        if var.get("type").and_then(Value::as_str) != Some("query") {
+        if var["type"] != "query" {
             continue;
         }
-        if let Some((selector, _label)) = var_query(var).and_then(variable_query_parts) {
+        if let Some((selector, _)) = var_query(var).and_then(variable_query_parts) {
             if !selector.is_empty() {
                 out.push(Query {
-                    origin: format!("{} variable ${name}", dashboard.name),
+                    origin: format!(
+                        "{} variable ${}",
+                        dashboard.name,
+                        var["name"].as_str().unwrap_or("?")
+                    ),
                     expr: selector,
                     legend: None,
+                    instant: false,
                 });
             }
         }
@@ -278,19 +261,12 @@ fn variable_query_parts(query: &str) -> Option<(String, Option<String>)> {
         .strip_prefix("label_values(")
         .and_then(|q| q.strip_suffix(')'))
     {
-        let args = split_top_level_args(inner);
-        return match args.as_slice() {
-            [label] => Some((String::new(), Some(label.trim().to_string()))),
-            [selector, label] => {
-                Some((selector.trim().to_string(), Some(label.trim().to_string())))
-            }
-            _ => None,
-        };
+        // A label name has no comma: the last one separates it.
+        let (selector, label) = inner.rsplit_once(',').unwrap_or(("", inner));
+        return Some((selector.trim().to_string(), Some(label.trim().to_string())));
     }
-    query
-        .strip_prefix("query_result(")
-        .and_then(|q| q.strip_suffix(')'))
-        .map(|inner| (inner.trim().to_string(), None))
+    let inner = query.strip_prefix("query_result(")?.strip_suffix(')')?;
+    Some((inner.trim().to_string(), None))
 }
 
 /// Replaces Grafana variables with values promtool can parse.
@@ -320,28 +296,32 @@ fn substitute_grafana_vars(expr: &str) -> String {
     .into_owned()
 }
 
-/// Every `rate(`, `irate(` and `increase(` whose range is not exactly
-/// `[$__rate_interval]` (one problem string each).
-fn rate_interval_problems(expr: &str) -> Vec<String> {
+/// Every `rate(`, `irate(` and `increase(` whose range is not
+/// `[$__rate_interval]` (or, in an instant query, `[$__range]`: a total over
+/// the dashboard's time range), one problem string each.
+fn rate_interval_problems(expr: &str, instant: bool) -> Vec<String> {
     let call = Regex::new(r"\b(rate|irate|increase)\s*\(").unwrap();
     let range = Regex::new(r"\[([^\]]*)\]").unwrap();
+    let allowed: &[&str] = if instant {
+        &["$__rate_interval", "$__range"]
+    } else {
+        &["$__rate_interval"]
+    };
     let mut problems = Vec::new();
     for m in call.find_iter(expr) {
-        let open = m.end() - 1;
-        let Some(close) = matching_paren(expr, open) else {
+        let Some(close) = matching_paren(expr, m.end() - 1) else {
             problems.push(format!("unbalanced parenthesis after `{}`", m.as_str()));
             continue;
         };
-        let args = &expr[open + 1..close];
         let ranges: Vec<&str> = range
-            .captures_iter(args)
-            .map(|c| c.get(1).unwrap().as_str())
+            .captures_iter(&expr[m.end()..close])
+            .map(|c| c.get(1).unwrap().as_str().trim())
             .collect();
-        if ranges.is_empty() || ranges.iter().any(|r| r.trim() != "$__rate_interval") {
+        if ranges.is_empty() || ranges.iter().any(|r| !allowed.contains(r)) {
             problems.push(format!(
-                "`{}…)` must use [$__rate_interval], found {:?}",
+                "`{}…)` must use [{}], found {ranges:?}",
                 m.as_str(),
-                ranges
+                allowed.join("] or [")
             ));
         }
     }
@@ -350,20 +330,15 @@ fn rate_interval_problems(expr: &str) -> Vec<String> {
 
 /// Index of the `)` matching the `(` at `open`, skipping string literals.
 fn matching_paren(s: &str, open: usize) -> Option<usize> {
-    let bytes = s.as_bytes();
     let mut depth = 0usize;
     let mut quote: Option<u8> = None;
-    let mut i = open;
-    while i < bytes.len() {
-        let b = bytes[i];
+    let mut escaped = false;
+    for (i, &b) in s.as_bytes().iter().enumerate().skip(open) {
         match quote {
-            Some(q) => {
-                if b == b'\\' {
-                    i += 1;
-                } else if b == q {
-                    quote = None;
-                }
-            }
+            Some(_) if escaped => escaped = false,
+            Some(_) if b == b'\\' => escaped = true,
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
             None => match b {
                 b'"' | b'\'' | b'`' => quote = Some(b),
                 b'(' => depth += 1,
@@ -376,46 +351,8 @@ fn matching_paren(s: &str, open: usize) -> Option<usize> {
                 _ => {}
             },
         }
-        i += 1;
     }
     None
-}
-
-/// Splits `a, f(b, c), "d,e"` at top-level commas.
-fn split_top_level_args(s: &str) -> Vec<String> {
-    let mut args = Vec::new();
-    let mut depth = 0i32;
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    let mut current = String::new();
-    for ch in s.chars() {
-        if let Some(q) = quote {
-            current.push(ch);
-            if escaped {
-                escaped = false;
-            } else if ch == '\\' {
-                escaped = true;
-            } else if ch == q {
-                quote = None;
-            }
-            continue;
-        }
-        match ch {
-            '"' | '\'' | '`' => quote = Some(ch),
-            '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' => depth -= 1,
-            ',' if depth == 0 => {
-                args.push(std::mem::take(&mut current));
-                continue;
-            }
-            _ => {}
-        }
-        current.push(ch);
-    }
-    if !current.trim().is_empty() || !args.is_empty() {
-        args.push(current);
-    }
-    args
 }
 
 // ------------------------------------------------------- PromQL label scan
@@ -435,14 +372,19 @@ fn lex_promql(expr: &str) -> Vec<Tok> {
     let chars: Vec<char> = expr.chars().collect();
     let mut toks = Vec::new();
     let mut i = 0;
+    let take_while = |i: &mut usize, f: &dyn Fn(char) -> bool| {
+        let start = *i;
+        while *i < chars.len() && f(chars[*i]) {
+            *i += 1;
+        }
+        chars[start..*i].iter().collect::<String>()
+    };
     while i < chars.len() {
         let c = chars[i];
         if c.is_whitespace() {
             i += 1;
         } else if c == '#' {
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
-            }
+            take_while(&mut i, &|c| c != '\n');
         } else if c == '"' || c == '\'' || c == '`' {
             let mut s = String::new();
             i += 1;
@@ -456,33 +398,26 @@ fn lex_promql(expr: &str) -> Vec<Tok> {
             i += 1;
             toks.push(Tok::Str(s));
         } else if c == '[' {
-            while i < chars.len() && chars[i] != ']' {
-                i += 1;
-            }
+            take_while(&mut i, &|c| c != ']');
             i += 1;
             toks.push(Tok::Range);
-        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' || c == '$' {
-            let start = i;
-            while i < chars.len()
-                && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '_' | ':' | '$'))
-            {
-                i += 1;
-            }
-            toks.push(Tok::Ident(chars[start..i].iter().collect()));
+        } else if c.is_ascii_alphabetic() || matches!(c, '_' | ':' | '$') {
+            let word = take_while(&mut i, &|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '$')
+            });
+            toks.push(Tok::Ident(word));
         } else if c.is_ascii_digit() || c == '.' {
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                i += 1;
-            }
+            take_while(&mut i, &|c| c.is_ascii_alphanumeric() || c == '.');
             toks.push(Tok::Num);
         } else {
             let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
-            if ["=~", "!~", "!=", "==", "<=", ">="].contains(&two.as_str()) {
-                toks.push(Tok::Punct(two));
-                i += 2;
+            let op = if ["=~", "!~", "!=", "==", "<=", ">="].contains(&two.as_str()) {
+                two
             } else {
-                toks.push(Tok::Punct(c.to_string()));
-                i += 1;
-            }
+                c.to_string()
+            };
+            i += op.chars().count();
+            toks.push(Tok::Punct(op));
         }
     }
     toks
@@ -506,38 +441,16 @@ struct LabelUse {
     written: Vec<String>,
 }
 
-const AGGREGATIONS: &[&str] = &[
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "group",
-    "stddev",
-    "stdvar",
-    "count",
-    "count_values",
-    "bottomk",
-    "topk",
-    "quantile",
-    "limitk",
-    "limit_ratio",
-];
-const KEYWORDS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "atan2",
-    "inf",
-    "nan",
-];
+/// Aggregation operators: not metric names.
+const AGGREGATIONS: &str = "sum min max avg group stddev stdvar count count_values bottomk topk quantile limitk limit_ratio";
+/// Keywords that take a list of label names, and the other keywords.
+const GROUPING: &str = "by without on ignoring group_left group_right";
+const KEYWORDS: &str = "bool and or unless offset atan2 inf nan";
+
+/// Whether `word` is one of the space-separated `list`.
+fn listed(list: &str, word: &str) -> bool {
+    list.split_whitespace().any(|w| w == word)
+}
 
 fn scan_labels(expr: &str) -> LabelUse {
     let toks = lex_promql(expr);
@@ -546,7 +459,7 @@ fn scan_labels(expr: &str) -> LabelUse {
     let mut i = 0;
     while i < toks.len() {
         match &toks[i] {
-            Tok::Ident(word) if KEYWORDS[..6].contains(&word.as_str()) && punct(i + 1, "(") => {
+            Tok::Ident(word) if listed(GROUPING, word) && punct(i + 1, "(") => {
                 // A grouping list: idents up to the closing parenthesis.
                 i += 2;
                 while i < toks.len() && !punct(i, ")") {
@@ -557,19 +470,24 @@ fn scan_labels(expr: &str) -> LabelUse {
                 }
             }
             Tok::Ident(func) if punct(i + 1, "(") => {
+                // label_replace(v, dst, replacement, src, regex)
+                // label_join(v, dst, separator, src...)
                 if func == "label_replace" || func == "label_join" {
                     let strings = call_string_args(&toks, i + 1);
-                    // label_replace(v, dst, replacement, src, regex)
-                    // label_join(v, dst, separator, src...)
-                    if let Some(Some(dst)) = strings.get(1) {
-                        out.written.push(dst.clone());
-                    }
+                    out.written.extend(strings.get(1).cloned().flatten());
                     let sources = if func == "label_replace" {
-                        strings.get(3..4).unwrap_or(&[])
+                        3..4
                     } else {
-                        strings.get(3..).unwrap_or(&[])
+                        3..strings.len().max(3)
                     };
-                    out.read.extend(sources.iter().flatten().cloned());
+                    out.read.extend(
+                        strings
+                            .get(sources)
+                            .unwrap_or(&[])
+                            .iter()
+                            .flatten()
+                            .cloned(),
+                    );
                 }
                 i += 1;
             }
@@ -577,17 +495,16 @@ fn scan_labels(expr: &str) -> LabelUse {
                 let (selector, next) = parse_matchers(&toks, i + 1, Some(metric.clone()));
                 out.selectors.push(selector);
                 i = next;
-                continue;
             }
             Tok::Punct(p) if p == "{" => {
                 let (selector, next) = parse_matchers(&toks, i, None);
                 out.selectors.push(selector);
                 i = next;
-                continue;
             }
             Tok::Ident(word)
-                if !KEYWORDS.contains(&word.to_lowercase().as_str())
-                    && !AGGREGATIONS.contains(&word.as_str())
+                if !listed(KEYWORDS, &word.to_lowercase())
+                    && !listed(GROUPING, word)
+                    && !listed(AGGREGATIONS, word)
                     && !word.starts_with('$') =>
             {
                 out.selectors.push(Selector {
@@ -611,9 +528,7 @@ fn parse_matchers(toks: &[Tok], open: usize, metric: Option<String>) -> (Selecto
     };
     let mut i = open + 1;
     while i < toks.len() && toks[i] != Tok::Punct("}".into()) {
-        if let (Some(Tok::Ident(label)), Some(Tok::Punct(op)), Some(Tok::Str(value))) =
-            (toks.get(i), toks.get(i + 1), toks.get(i + 2))
-        {
+        if let [Tok::Ident(label), Tok::Punct(op), Tok::Str(value), ..] = &toks[i..] {
             selector
                 .matchers
                 .push((label.clone(), op.clone(), value.clone()));
@@ -632,25 +547,20 @@ fn call_string_args(toks: &[Tok], open: usize) -> Vec<Option<String>> {
     let mut depth = 0;
     for tok in &toks[open..] {
         match tok {
-            Tok::Punct(p) if p == "(" || p == "{" => {
-                depth += 1;
-                if depth == 1 {
-                    continue;
-                }
-            }
-            Tok::Punct(p) if p == ")" || p == "}" => {
-                depth -= 1;
-                if depth == 0 {
-                    break;
-                }
-            }
+            Tok::Punct(p) if p == "(" || p == "{" => depth += 1,
+            Tok::Punct(p) if p == ")" || p == "}" => depth -= 1,
             Tok::Punct(p) if p == "," && depth == 1 => {
                 args.push(Vec::new());
                 continue;
             }
             _ => {}
         }
-        args.last_mut().unwrap().push(tok);
+        if depth == 0 {
+            break;
+        }
+        if !(depth == 1 && *tok == Tok::Punct("(".into())) {
+            args.last_mut().unwrap().push(tok);
+        }
     }
     args.into_iter()
         .map(|arg| match arg.as_slice() {
@@ -673,18 +583,15 @@ fn template_label_reads(text: &str) -> Vec<String> {
 /// Problems with reserved label names: reads and selections may use `job`
 /// and `instance`, writes may use neither.
 fn reserved_label_problems(origin: &str, reads: &[String], writes: &[String]) -> Vec<String> {
-    let mut problems = Vec::new();
-    for label in reads {
-        if RESERVED_LABELS.contains(&label.as_str()) {
-            problems.push(format!("{origin}: uses reserved target label `{label}`"));
-        }
-    }
-    for label in writes {
-        if RESERVED_LABELS.contains(&label.as_str()) || TARGET_LABELS.contains(&label.as_str()) {
-            problems.push(format!("{origin}: sets reserved target label `{label}`"));
-        }
-    }
-    problems
+    let reads = reads
+        .iter()
+        .filter(|l| listed(RESERVED_LABELS, l))
+        .map(|l| format!("{origin}: uses reserved target label `{l}`"));
+    let writes = writes
+        .iter()
+        .filter(|l| listed(RESERVED_LABELS, l) || TARGET_LABELS.contains(&l.as_str()))
+        .map(|l| format!("{origin}: sets reserved target label `{l}`"));
+    reads.chain(writes).collect()
 }
 
 fn expr_label_problems(origin: &str, expr: &str) -> Vec<String> {
@@ -696,416 +603,42 @@ fn expr_label_problems(origin: &str, expr: &str) -> Vec<String> {
     reserved_label_problems(origin, &reads, &used.written)
 }
 
-// ----------------------------------------------------------- YAML (subset)
-
-/// A YAML value of the block-style subset the rule and test files use.
-/// Scalars stay strings: the checks compare text.
-#[derive(Debug, Clone, PartialEq)]
-enum Yaml {
-    Null,
-    Str(String),
-    Seq(Vec<Yaml>),
-    Map(Vec<(String, Yaml)>),
-}
-
-impl Yaml {
-    fn get(&self, key: &str) -> Option<&Yaml> {
-        match self {
-            Yaml::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-    fn str(&self) -> Option<&str> {
-        match self {
-            Yaml::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-    fn items(&self) -> &[Yaml] {
-        match self {
-            Yaml::Seq(items) => items,
-            _ => &[],
-        }
-    }
-    fn entries(&self) -> &[(String, Yaml)] {
-        match self {
-            Yaml::Map(entries) => entries,
-            _ => &[],
-        }
-    }
-}
-
-struct YamlReader {
-    lines: Vec<String>,
-    pos: usize,
-}
-
-fn parse_yaml(text: &str) -> Result<Yaml, String> {
-    let mut reader = YamlReader {
-        lines: text
-            .lines()
-            .map(|l| l.trim_end_matches('\r').to_string())
-            .collect(),
-        pos: 0,
-    };
-    if let Some(n) = reader.lines.iter().position(|l| {
-        let indent = l.len() - l.trim_start_matches([' ', '\t']).len();
-        l[..indent].contains('\t')
-    }) {
-        return Err(format!("line {}: tab in indentation", n + 1));
-    }
-    let value = reader.node(0)?;
-    reader.skip_blank();
-    match reader.lines.get(reader.pos) {
-        Some(line) => Err(format!("line {}: unexpected {line:?}", reader.pos + 1)),
-        None => Ok(value),
-    }
-}
-
-fn indent_of(line: &str) -> usize {
-    line.len() - line.trim_start_matches(' ').len()
-}
-
-/// Strips a ` # comment` outside quotes from a plain or flow scalar.
-fn strip_comment(s: &str) -> &str {
-    let mut quote: Option<char> = None;
-    let mut prev = ' ';
-    for (i, ch) in s.char_indices() {
-        match quote {
-            Some(q) if ch == q => quote = None,
-            Some(_) => {}
-            // Quotes only open a quoted scalar at the start of a token: the
-            // apostrophe in `loopwatch's` is text.
-            None if (ch == '"' || ch == '\'') && " [{,:".contains(prev) => quote = Some(ch),
-            None if ch == '#' && prev.is_whitespace() => return s[..i].trim_end(),
-            None => {}
-        }
-        prev = ch;
-    }
-    s.trim_end()
-}
-
-/// A `key: rest` line split at its colon; `None` if the line is no mapping key.
-fn split_key(content: &str) -> Option<(String, &str)> {
-    if content.starts_with('"') || content.starts_with('\'') {
-        let (key, len) = quoted_scalar(content).ok()?;
-        let rest = content[len..].trim_start();
-        return rest
-            .strip_prefix(':')
-            .filter(|r| r.is_empty() || r.starts_with(' '))
-            .map(|r| (key, r.trim()));
-    }
-    if content.starts_with('#') || content.starts_with('[') || content.starts_with('{') {
-        return None;
-    }
-    let bytes = content.as_bytes();
-    for i in 0..bytes.len() {
-        if bytes[i] == b'#' && i > 0 && bytes[i - 1] == b' ' {
-            return None;
-        }
-        if bytes[i] == b':' && (i + 1 == bytes.len() || bytes[i + 1] == b' ') {
-            return Some((content[..i].trim().to_string(), content[i + 1..].trim()));
-        }
-    }
-    None
-}
-
-/// A single- or double-quoted scalar at the start of `s`; returns its value
-/// and the number of bytes it took.
-fn quoted_scalar(s: &str) -> Result<(String, usize), String> {
-    let quote = s.chars().next().ok_or("empty scalar")?;
-    let mut out = String::new();
-    let mut chars = s.char_indices().skip(1).peekable();
-    while let Some((i, ch)) = chars.next() {
-        if ch == quote {
-            if quote == '\'' && chars.peek().map(|&(_, c)| c) == Some('\'') {
-                chars.next();
-                out.push('\'');
-                continue;
-            }
-            return Ok((out, i + 1));
-        }
-        if quote == '"' && ch == '\\' {
-            let (_, esc) = chars.next().ok_or("dangling backslash")?;
-            match esc {
-                'n' => out.push('\n'),
-                't' => out.push('\t'),
-                'r' => out.push('\r'),
-                '0' => out.push('\0'),
-                '"' | '\\' | '/' | ' ' => out.push(esc),
-                'u' | 'x' | 'U' => {
-                    let len = match esc {
-                        'x' => 2,
-                        'u' => 4,
-                        _ => 8,
-                    };
-                    let hex: String = (0..len)
-                        .filter_map(|_| chars.next().map(|(_, c)| c))
-                        .collect();
-                    let code =
-                        u32::from_str_radix(&hex, 16).map_err(|e| format!("bad escape: {e}"))?;
-                    out.push(char::from_u32(code).ok_or("bad escape")?);
-                }
-                other => return Err(format!("unsupported escape \\{other}")),
-            }
-            continue;
-        }
-        out.push(ch);
-    }
-    Err("quoted scalar not closed on its line (multi-line quoted scalars are not supported here; use a block scalar `|`)".into())
-}
-
-impl YamlReader {
-    fn err<T>(&self, msg: &str) -> Result<T, String> {
-        Err(format!("line {}: {msg}", self.pos + 1))
-    }
-
-    fn skip_blank(&mut self) {
-        while let Some(line) = self.lines.get(self.pos) {
-            let t = line.trim();
-            if t.is_empty() || t.starts_with('#') || (t == "---" && indent_of(line) == 0) {
-                self.pos += 1;
-            } else {
-                break;
-            }
-        }
-    }
-
-    /// Indent and content of the next meaningful line.
-    fn peek(&mut self) -> Option<(usize, String)> {
-        self.skip_blank();
-        self.lines
-            .get(self.pos)
-            .map(|l| (indent_of(l), l.trim_start().to_string()))
-    }
-
-    fn node(&mut self, min_indent: usize) -> Result<Yaml, String> {
-        let Some((indent, content)) = self.peek() else {
-            return Ok(Yaml::Null);
-        };
-        if indent < min_indent {
-            return Ok(Yaml::Null);
-        }
-        if content == "-" || content.starts_with("- ") {
-            self.seq(indent)
-        } else if split_key(&content).is_some() {
-            self.map(indent)
-        } else {
-            self.pos += 1;
-            self.value(&content, indent.saturating_sub(1))
-        }
-    }
-
-    fn seq(&mut self, indent: usize) -> Result<Yaml, String> {
-        let mut items = Vec::new();
-        while let Some((ind, content)) = self.peek() {
-            if ind < indent || !(content == "-" || content.starts_with("- ")) {
-                break;
-            }
-            if ind > indent {
-                return self.err("bad indentation in a sequence");
-            }
-            let rest = content[1..].trim_start();
-            if rest.is_empty() || rest.starts_with('#') {
-                self.pos += 1;
-                items.push(self.node(indent + 1)?);
-            } else if split_key(rest).is_some() {
-                // `- key: value` starts a mapping at the column of `key`.
-                let col = indent + (content.len() - rest.len());
-                self.lines[self.pos] = format!("{}{}", " ".repeat(col), rest);
-                items.push(self.map(col)?);
-            } else {
-                let rest = rest.to_string();
-                self.pos += 1;
-                items.push(self.value(&rest, indent)?);
-            }
-        }
-        Ok(Yaml::Seq(items))
-    }
-
-    fn map(&mut self, indent: usize) -> Result<Yaml, String> {
-        let mut entries: Vec<(String, Yaml)> = Vec::new();
-        while let Some((ind, content)) = self.peek() {
-            if ind < indent {
-                break;
-            }
-            if ind > indent {
-                return self.err("bad indentation in a mapping");
-            }
-            if content.starts_with("- ") || content == "-" {
-                return self.err("sequence item where a mapping key was expected");
-            }
-            let Some((key, rest)) = split_key(&content) else {
-                return self.err(&format!("expected `key: value`, found {content:?}"));
-            };
-            if entries.iter().any(|(k, _)| *k == key) {
-                return self.err(&format!("duplicate key {key:?}"));
-            }
-            let rest = rest.to_string();
-            self.pos += 1;
-            let value = if rest.is_empty() || rest.starts_with('#') {
-                match self.peek() {
-                    Some((i, _)) if i > indent => self.node(indent + 1)?,
-                    Some((i, c)) if i == indent && (c == "-" || c.starts_with("- ")) => {
-                        self.seq(indent)?
-                    }
-                    _ => Yaml::Null,
-                }
-            } else {
-                self.value(&rest, indent)?
-            };
-            entries.push((key, value));
-        }
-        Ok(Yaml::Map(entries))
-    }
-
-    /// The scalar or flow value `rest` on a line already consumed, whose
-    /// parent is at `parent`: continuation lines are those indented deeper.
-    fn value(&mut self, rest: &str, parent: usize) -> Result<Yaml, String> {
-        let line = self.pos; // the line after the one holding `rest`
-        let at = |msg: String| format!("line {line}: {msg}");
-        match rest.chars().next() {
-            Some('&' | '*' | '!') => Err(at(format!(
-                "anchors, aliases and tags are not supported here: {rest:?}"
-            ))),
-            Some('|' | '>') if parent != usize::MAX => self.block_scalar(rest, parent),
-            Some('|' | '>') => Err(at(
-                "block scalars inside flow collections are not supported here".into(),
-            )),
-            Some('"' | '\'') => {
-                let (s, len) = quoted_scalar(rest).map_err(at)?;
-                let tail = rest[len..].trim();
-                if !tail.is_empty() && !tail.starts_with('#') {
-                    return Err(at(format!("unexpected {tail:?} after a quoted scalar")));
-                }
-                Ok(Yaml::Str(s))
-            }
-            Some('[') => {
-                let flow = strip_comment(rest);
-                let inner = flow
-                    .strip_prefix('[')
-                    .and_then(|f| f.strip_suffix(']'))
-                    .ok_or_else(|| at(format!("flow sequence must close on its line: {rest:?}")))?;
-                let mut items = Vec::new();
-                for item in split_top_level_args(inner) {
-                    let item = item.trim();
-                    if item.starts_with('[') || item.starts_with('{') {
-                        return Err(at("nested flow collections are not supported here".into()));
-                    }
-                    items.push(self.value(item, usize::MAX)?);
-                }
-                Ok(Yaml::Seq(items))
-            }
-            Some('{') => {
-                let flow = strip_comment(rest);
-                let inner = flow
-                    .strip_prefix('{')
-                    .and_then(|f| f.strip_suffix('}'))
-                    .ok_or_else(|| at(format!("flow mapping must close on its line: {rest:?}")))?;
-                let mut entries = Vec::new();
-                for item in split_top_level_args(inner) {
-                    let (key, value) = split_key(item.trim())
-                        .ok_or_else(|| at(format!("bad flow mapping entry {item:?}")))?;
-                    let value = self.value(value, usize::MAX)?;
-                    entries.push((key, value));
-                }
-                Ok(Yaml::Map(entries))
-            }
-            _ => {
-                let mut s = strip_comment(rest).to_string();
-                // A plain scalar continues on deeper-indented lines (not
-                // inside a flow collection, whose parent is usize::MAX).
-                while let Some(l) = self.lines.get(self.pos) {
-                    if parent == usize::MAX || l.trim().is_empty() || indent_of(l) <= parent {
-                        break;
-                    }
-                    s.push(' ');
-                    s.push_str(strip_comment(l.trim()));
-                    self.pos += 1;
-                }
-                Ok(if s == "~" || s == "null" || s.is_empty() {
-                    Yaml::Null
-                } else {
-                    Yaml::Str(s)
-                })
-            }
-        }
-    }
-
-    fn block_scalar(&mut self, header: &str, parent: usize) -> Result<Yaml, String> {
-        let header = strip_comment(header);
-        let folded = header.starts_with('>');
-        let mut keep = false;
-        let mut strip = false;
-        let mut explicit: Option<usize> = None;
-        for ch in header[1..].chars() {
-            match ch {
-                '-' => strip = true,
-                '+' => keep = true,
-                d if d.is_ascii_digit() => explicit = d.to_digit(10).map(|d| d as usize),
-                _ => return self.err(&format!("bad block scalar header {header:?}")),
-            }
-        }
-        let start = self.pos;
-        let mut end = start;
-        let mut content_indent = explicit.map(|d| parent + d);
-        while let Some(l) = self.lines.get(end) {
-            if l.trim().is_empty() {
-                end += 1;
-                continue;
-            }
-            let ind = indent_of(l);
-            let needed = *content_indent.get_or_insert(ind);
-            if ind <= parent || ind < needed {
-                break;
-            }
-            end += 1;
-        }
-        // Trailing blank lines belong to the scalar only for chomping.
-        let mut last = end;
-        while last > start && self.lines[last - 1].trim().is_empty() {
-            last -= 1;
-        }
-        let ci = content_indent.unwrap_or(parent + 1);
-        let body: Vec<String> = self.lines[start..last]
-            .iter()
-            .map(|l| l.get(ci..).unwrap_or("").to_string())
-            .collect();
-        let trailing_blank = end - last;
-        self.pos = end;
-        let mut text = if folded {
-            let mut t = String::new();
-            for (i, l) in body.iter().enumerate() {
-                if i > 0 {
-                    if l.is_empty() || body[i - 1].is_empty() {
-                        t.push('\n');
-                    } else {
-                        t.push(' ');
-                    }
-                }
-                t.push_str(l);
-            }
-            t
-        } else {
-            body.join("\n")
-        };
-        if !strip && !text.is_empty() {
-            text.push('\n');
-            if keep {
-                text.push_str(&"\n".repeat(trailing_blank));
-            }
-        }
-        Ok(Yaml::Str(text))
-    }
-}
-
 // ------------------------------------------------------------------ rules
+
+fn parse_yaml_file(path: &Path) -> Yaml {
+    serde_norway::from_str(&read(path))
+        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", rel(path)))
+}
+
+/// A scalar as text (`for: 5m`, `severity: warning`, `priority: 1`).
+fn scalar(v: &Yaml) -> Option<String> {
+    match v {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Number(n) => Some(n.to_string()),
+        Yaml::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn items(v: &Yaml, key: &str) -> Vec<Yaml> {
+    v.get(key)
+        .and_then(Yaml::as_sequence)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn string_map(v: Option<&Yaml>) -> Vec<(String, String)> {
+    v.and_then(Yaml::as_mapping)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (scalar(k).unwrap_or_default(), scalar(v).unwrap_or_default()))
+        .collect()
+}
 
 struct Rule {
     file: String,
     group: String,
     alert: Option<String>,
-    record: Option<String>,
     expr: String,
     has_for: bool,
     labels: Vec<(String, String)>,
@@ -1113,14 +646,9 @@ struct Rule {
 }
 
 impl Rule {
-    fn name(&self) -> &str {
-        self.alert
-            .as_deref()
-            .or(self.record.as_deref())
-            .unwrap_or("?")
-    }
     fn origin(&self) -> String {
-        format!("{} group {} rule {}", self.file, self.group, self.name())
+        let name = self.alert.as_deref().unwrap_or("(recording rule)");
+        format!("{} group {} rule {name}", self.file, self.group)
     }
     fn label(&self, key: &str) -> Option<&str> {
         self.labels
@@ -1144,45 +672,24 @@ fn test_files() -> Vec<PathBuf> {
     files_in("alerts/tests", &["yml", "yaml"])
 }
 
-fn parse_yaml_file(path: &Path) -> Yaml {
-    parse_yaml(&read(path)).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}\n(this test reads a block-style YAML subset; promtool check rules says whether \
-             the file is valid YAML)",
-            rel(path)
-        )
-    })
-}
-
-fn string_map(y: Option<&Yaml>) -> Vec<(String, String)> {
-    y.map(Yaml::entries)
-        .unwrap_or_default()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.str().unwrap_or_default().to_string()))
-        .collect()
-}
-
 fn rules() -> Vec<Rule> {
     let mut out = Vec::new();
     for path in rule_files() {
         let doc = parse_yaml_file(&path);
-        let groups = doc.get("groups").map(Yaml::items).unwrap_or_default();
+        let groups = items(&doc, "groups");
         assert!(!groups.is_empty(), "{}: no rule groups", rel(&path));
-        for group in groups {
+        for group in &groups {
             let group_name = group
                 .get("name")
-                .and_then(Yaml::str)
-                .unwrap_or("?")
-                .to_string();
-            for rule in group.get("rules").map(Yaml::items).unwrap_or_default() {
-                let get = |k: &str| rule.get(k).and_then(Yaml::str).map(str::to_string);
+                .and_then(scalar)
+                .unwrap_or_else(|| "?".into());
+            for rule in items(group, "rules") {
                 out.push(Rule {
                     file: rel(&path),
                     group: group_name.clone(),
-                    alert: get("alert"),
-                    record: get("record"),
-                    expr: get("expr").unwrap_or_default(),
-                    has_for: get("for").is_some(),
+                    alert: rule.get("alert").and_then(scalar),
+                    expr: rule.get("expr").and_then(scalar).unwrap_or_default(),
+                    has_for: rule.get("for").is_some(),
                     labels: string_map(rule.get("labels")),
                     annotations: string_map(rule.get("annotations")),
                 });
@@ -1204,37 +711,32 @@ fn github_anchor(heading: &str) -> String {
         .collect()
 }
 
-/// `## ` headings of docs/runbooks.md outside code fences, with their text.
+/// `## ` headings of docs/runbooks.md outside code fences: anchor →
+/// (heading, body).
 fn runbook_sections() -> BTreeMap<String, (String, String)> {
-    let text = read(&repo().join("docs/runbooks.md"));
     let mut sections = BTreeMap::new();
-    let mut current: Option<(String, String, String)> = None;
+    let mut current: Option<(String, String)> = None;
     let mut in_fence = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            in_fence = !in_fence;
-        }
-        if !in_fence {
-            if let Some(heading) = line.strip_prefix("## ") {
-                if let Some((anchor, h, body)) = current.take() {
-                    sections.insert(anchor, (h, body));
+    for line in read(&repo().join("docs/runbooks.md")).lines() {
+        in_fence ^= line.trim_start().starts_with("```");
+        match line.strip_prefix("## ") {
+            Some(heading) if !in_fence => {
+                sections.extend(
+                    current
+                        .take()
+                        .map(|(h, body)| (github_anchor(&h), (h, body))),
+                );
+                current = Some((heading.trim().to_string(), String::new()));
+            }
+            _ => {
+                if let Some((_, body)) = current.as_mut() {
+                    body.push_str(line);
+                    body.push('\n');
                 }
-                current = Some((
-                    github_anchor(heading),
-                    heading.trim().to_string(),
-                    String::new(),
-                ));
-                continue;
             }
         }
-        if let Some((_, _, body)) = current.as_mut() {
-            body.push_str(line);
-            body.push('\n');
-        }
     }
-    if let Some((anchor, h, body)) = current {
-        sections.insert(anchor, (h, body));
-    }
+    sections.extend(current.map(|(h, body)| (github_anchor(&h), (h, body))));
     sections
 }
 
@@ -1246,10 +748,10 @@ fn dashboards_are_valid_json_with_schema_39_unique_uids_and_tags() {
     let mut uids: BTreeMap<String, String> = BTreeMap::new();
     let uid_chars = Regex::new(r"^[A-Za-z0-9_-]+$").unwrap();
     for d in dashboards() {
-        if d.json.get("schemaVersion").and_then(Value::as_i64) != Some(39) {
+        if d.json["schemaVersion"] != 39 {
             problems.push(format!("{}: schemaVersion must be 39", d.name));
         }
-        match d.json.get("uid").and_then(Value::as_str) {
+        match d.json["uid"].as_str() {
             None | Some("") => problems.push(format!("{}: no uid", d.name)),
             Some(uid) => {
                 if uid.len() > 40 {
@@ -1269,16 +771,13 @@ fn dashboards_are_valid_json_with_schema_39_unique_uids_and_tags() {
                 }
             }
         }
-        if d.json
-            .get("title")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .is_empty()
-        {
+        if d.json["title"].as_str().unwrap_or("").is_empty() {
             problems.push(format!("{}: no title", d.name));
         }
-        let tags = d.json.get("tags").and_then(Value::as_array);
-        if !tags.is_some_and(|t| t.iter().any(|t| t == "loopwatch")) {
+        if !d.json["tags"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == "loopwatch"))
+        {
             problems.push(format!("{}: tags must include \"loopwatch\"", d.name));
         }
     }
@@ -1303,24 +802,33 @@ fn dashboards_have_no_datasource_inputs() {
 }
 
 #[test]
+fn dashboards_are_what_the_generator_writes() {
+    let install = "The dashboards are generated by dashboards/generate.py (standard library only)";
+    let python = tool("PYTHON", "python3", install);
+    let (ok, output) = run(
+        &python,
+        &["dashboards/generate.py".into(), "--check".into()],
+    );
+    assert!(
+        ok,
+        "the dashboards differ from what dashboards/generate.py writes; edit the generator and run \
+         `python3 dashboards/generate.py`:\n{output}"
+    );
+}
+
+#[test]
 fn dashboards_have_datasource_job_and_instance_variables() {
     let mut problems = Vec::new();
     for d in dashboards() {
         match var_named(&d.json, "datasource") {
-            Some(v)
-                if v.get("type").and_then(Value::as_str) == Some("datasource")
-                    && v.get("query").and_then(Value::as_str) == Some("prometheus") => {}
+            Some(v) if v["type"] == "datasource" && v["query"] == "prometheus" => {}
             _ => problems.push(format!(
                 "{}: needs a variable `datasource` of type datasource with query prometheus",
                 d.name
             )),
         }
         for name in ["job", "instance"] {
-            if var_named(&d.json, name)
-                .and_then(|v| v.get("type"))
-                .and_then(Value::as_str)
-                != Some("query")
-            {
+            if var_named(&d.json, name).is_none_or(|v| v["type"] != "query") {
                 problems.push(format!("{}: needs a query variable `{name}`", d.name));
             }
         }
@@ -1333,13 +841,10 @@ fn dashboards_have_datasource_job_and_instance_variables() {
             }
         }
         for v in template_vars(&d.json) {
-            if v.get("type").and_then(Value::as_str) == Some("query")
-                && !uses_datasource_var(v.get("datasource"))
-            {
-                let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
+            if v["type"] == "query" && !uses_datasource_var(v.get("datasource")) {
                 problems.push(format!(
-                    "{}: variable {name} must use datasource {{\"type\":\"prometheus\",\"uid\":\"${{datasource}}\"}}",
-                    d.name
+                    "{}: variable {} must use datasource {{\"type\":\"prometheus\",\"uid\":\"${{datasource}}\"}}",
+                    d.name, v["name"]
                 ));
             }
         }
@@ -1349,6 +854,7 @@ fn dashboards_have_datasource_job_and_instance_variables() {
 
 #[test]
 fn dashboard_panels_have_description_unit_and_datasource() {
+    let blank = |v: Option<&str>| v.is_none_or(|s| s.trim().is_empty());
     let mut problems = Vec::new();
     for d in dashboards() {
         let panels: Vec<&Value> = all_panels(&d.json)
@@ -1360,18 +866,10 @@ fn dashboard_panels_have_description_unit_and_datasource() {
         }
         for panel in panels {
             let name = format!("{} {}", d.name, panel_name(panel));
-            if panel
-                .get("description")
-                .and_then(Value::as_str)
-                .is_none_or(|s| s.trim().is_empty())
-            {
+            if blank(str_at(panel, "/description")) {
                 problems.push(format!("{name}: no description"));
             }
-            if panel
-                .pointer("/fieldConfig/defaults/unit")
-                .and_then(Value::as_str)
-                .is_none_or(|s| s.trim().is_empty())
-            {
+            if blank(str_at(panel, "/fieldConfig/defaults/unit")) {
                 problems.push(format!("{name}: no fieldConfig.defaults.unit"));
             }
             if !uses_datasource_var(panel.get("datasource")) {
@@ -1379,7 +877,7 @@ fn dashboard_panels_have_description_unit_and_datasource() {
                     "{name}: datasource must be the ${{datasource}} variable"
                 ));
             }
-            let targets = panel.get("targets").and_then(Value::as_array);
+            let targets = panel["targets"].as_array();
             if targets.is_none_or(|t| t.is_empty()) {
                 problems.push(format!("{name}: no targets"));
             }
@@ -1389,11 +887,7 @@ fn dashboard_panels_have_description_unit_and_datasource() {
                         "{name} target {i}: datasource must be the ${{datasource}} variable"
                     ));
                 }
-                if target
-                    .get("expr")
-                    .and_then(Value::as_str)
-                    .is_none_or(|e| e.trim().is_empty())
-                {
+                if blank(target["expr"].as_str()) {
                     problems.push(format!("{name} target {i}: no expr"));
                 }
             }
@@ -1407,7 +901,7 @@ fn dashboard_rate_functions_use_rate_interval() {
     let mut problems = Vec::new();
     for d in dashboards() {
         for q in queries(&d) {
-            for p in rate_interval_problems(&q.expr) {
+            for p in rate_interval_problems(&q.expr, q.instant) {
                 problems.push(format!("{}: {p} in {:?}", q.origin, q.expr));
             }
         }
@@ -1452,9 +946,9 @@ fn dashboard_expressions_parse_with_promtool() {
         for q in queries(d) {
             let record = format!("dashboard_query_{}", index.len());
             let expr = substitute_grafana_vars(&q.expr);
+            let quoted = serde_json::to_string(&expr).unwrap();
             rules_yaml.push_str(&format!(
-                "      - record: {record}\n        expr: {}\n",
-                serde_json::to_string(&expr).unwrap()
+                "      - record: {record}\n        expr: {quoted}\n"
             ));
             index.push(format!("{record}: {} = {expr}", q.origin));
         }
@@ -1463,7 +957,7 @@ fn dashboard_expressions_parse_with_promtool() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("dashboard_queries.yml");
     std::fs::write(&file, &rules_yaml).expect("write rules file");
-    let (ok, output) = run_promtool(&["check".into(), "rules".into(), file.into_os_string()]);
+    let (ok, output) = promtool(&["check".into(), "rules".into(), file.into_os_string()]);
     assert!(
         ok,
         "promtool rejects dashboard queries:\n{output}\nqueries:\n{}",
@@ -1475,7 +969,7 @@ fn dashboard_expressions_parse_with_promtool() {
 fn alert_rules_pass_promtool_check() {
     let mut args: Vec<OsString> = vec!["check".into(), "rules".into()];
     args.extend(rule_files().into_iter().map(PathBuf::into_os_string));
-    let (ok, output) = run_promtool(&args);
+    let (ok, output) = promtool(&args);
     assert!(ok, "promtool check rules failed:\n{output}");
 }
 
@@ -1483,7 +977,7 @@ fn alert_rules_pass_promtool_check() {
 fn alert_rules_pass_promtool_unit_tests() {
     let mut args: Vec<OsString> = vec!["test".into(), "rules".into()];
     args.extend(test_files().into_iter().map(PathBuf::into_os_string));
-    let (ok, output) = run_promtool(&args);
+    let (ok, output) = promtool(&args);
     assert!(ok, "promtool test rules failed:\n{output}");
 }
 
@@ -1571,11 +1065,11 @@ fn every_alert_has_firing_and_quiet_promtool_cases() {
     let mut problems = Vec::new();
     for path in test_files() {
         let doc = parse_yaml_file(&path);
-        for rule_file in doc.get("rule_files").map(Yaml::items).unwrap_or_default() {
+        for rule_file in items(&doc, "rule_files") {
             let target = path
                 .parent()
                 .unwrap()
-                .join(rule_file.str().unwrap_or_default());
+                .join(scalar(&rule_file).unwrap_or_default());
             match target.canonicalize() {
                 Ok(p) => {
                     covered_files.insert(p);
@@ -1587,24 +1081,15 @@ fn every_alert_has_firing_and_quiet_promtool_cases() {
                 )),
             }
         }
-        for test in doc.get("tests").map(Yaml::items).unwrap_or_default() {
-            for case in test
-                .get("alert_rule_test")
-                .map(Yaml::items)
-                .unwrap_or_default()
-            {
-                let Some(name) = case.get("alertname").and_then(Yaml::str) else {
+        for test in items(&doc, "tests") {
+            for case in items(&test, "alert_rule_test") {
+                let Some(name) = case.get("alertname").and_then(scalar) else {
                     continue;
                 };
-                if case
-                    .get("exp_alerts")
-                    .map(Yaml::items)
-                    .unwrap_or_default()
-                    .is_empty()
-                {
-                    quiet.insert(name.to_string());
+                if items(&case, "exp_alerts").is_empty() {
+                    quiet.insert(name);
                 } else {
-                    firing.insert(name.to_string());
+                    firing.insert(name);
                 }
             }
         }
@@ -1651,12 +1136,8 @@ fn no_reserved_target_label_names() {
         }
         for v in template_vars(&d.json) {
             if let Some((_, Some(label))) = var_query(v).and_then(variable_query_parts) {
-                let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
-                problems.extend(reserved_label_problems(
-                    &format!("{} variable ${name}", d.name),
-                    &[label],
-                    &[],
-                ));
+                let origin = format!("{} variable ${}", d.name, v["name"].as_str().unwrap_or("?"));
+                problems.extend(reserved_label_problems(&origin, &[label], &[]));
             }
         }
     }
@@ -1694,17 +1175,50 @@ fn checker_finds_panels_nested_in_collapsed_rows() {
 
 #[test]
 fn checker_flags_fixed_rate_windows() {
-    assert!(rate_interval_problems(r#"sum(rate(x{a="b"}[$__rate_interval]))"#).is_empty());
+    assert!(rate_interval_problems(r#"sum(rate(x{a="b"}[$__rate_interval]))"#, false).is_empty());
     assert!(
-        rate_interval_problems(r#"increase(x[$__rate_interval]) / irate(y[$__rate_interval])"#)
-            .is_empty()
+        rate_interval_problems(
+            r#"increase(x[$__rate_interval]) / irate(y[$__rate_interval])"#,
+            false
+        )
+        .is_empty()
     );
-    assert_eq!(rate_interval_problems(r#"rate(x[5m])"#).len(), 1);
-    assert_eq!(rate_interval_problems(r#"irate(x[$__interval])"#).len(), 1);
+    assert_eq!(rate_interval_problems(r#"rate(x[5m])"#, false).len(), 1);
     assert_eq!(
-        rate_interval_problems(r#"rate(x[$__rate_interval]) + increase(y[1h])"#).len(),
+        rate_interval_problems(r#"irate(x[$__interval])"#, false).len(),
         1
     );
+    assert_eq!(
+        rate_interval_problems(r#"rate(x[$__rate_interval]) + increase(y[1h])"#, false).len(),
+        1
+    );
+    // A total over the time range: only in an instant query.
+    assert!(rate_interval_problems(r#"topk(5, increase(x{s=")"}[$__range]))"#, true).is_empty());
+    assert_eq!(
+        rate_interval_problems(r#"increase(x[$__range])"#, false).len(),
+        1
+    );
+    assert_eq!(rate_interval_problems(r#"increase(x[1d])"#, true).len(), 1);
+}
+
+#[test]
+fn checker_reads_variable_queries() {
+    assert_eq!(
+        variable_query_parts(r#"label_values(m{a=~"$a", b="x,y"}, loop)"#),
+        Some((
+            r#"m{a=~"$a", b="x,y"}"#.to_string(),
+            Some("loop".to_string())
+        ))
+    );
+    assert_eq!(
+        variable_query_parts("label_values(job)"),
+        Some((String::new(), Some("job".to_string())))
+    );
+    assert_eq!(
+        variable_query_parts("query_result(up)"),
+        Some(("up".to_string(), None))
+    );
+    assert_eq!(variable_query_parts("metrics(loopwatch_.*)"), None);
 }
 
 #[test]
@@ -1741,6 +1255,14 @@ fn checker_finds_label_names_in_promql() {
         ["group", "pod", "instance", "node", "instance", "region"]
     );
     assert_eq!(used.written, ["cluster"]);
+    let joined = scan_labels(r#"label_join(up, "dst", ",", "a", "b")"#);
+    assert_eq!(
+        (joined.written, joined.read),
+        (
+            vec!["dst".to_string()],
+            vec!["a".to_string(), "b".to_string()]
+        )
+    );
 
     let problems = expr_label_problems("e", r#"sum by (job, instance) (x{job="a", instance="b"})"#);
     assert!(problems.is_empty(), "{problems:?}");
@@ -1756,64 +1278,31 @@ fn checker_finds_label_names_in_promql() {
 }
 
 #[test]
-fn checker_reads_the_yaml_subset_of_rule_files() {
-    let doc = parse_yaml(
-        r#"# comment
-groups:
-  - name: g   # trailing comment
-    rules:
-      - alert: A
-        expr: |
-          sum(x)
-            > 1
-        for: 5m
-        labels: {severity: warning}
-        annotations:
-          summary: 'It''s # not a comment'
-          description: "a\tb {{ $value }}"
-          folded: >-
-            one
-            two
-      - record: r
-        expr: up
-          == 1
-    empty: []
-rule_files:
-- ../a.yml
-"#,
+fn checker_reads_rule_files_as_yaml() {
+    let doc: Yaml = serde_norway::from_str(
+        "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: |\n          sum(x)\n            > 1\n        \
+         for: 5m\n        labels: {severity: warning, priority: 1}\n        annotations:\n          \
+         summary: 'It''s # not a comment'\n",
     )
     .unwrap();
-    let group = &doc.get("groups").unwrap().items()[0];
-    assert_eq!(group.get("name").unwrap().str(), Some("g"));
-    let rules = group.get("rules").unwrap().items();
-    assert_eq!(rules[0].get("expr").unwrap().str(), Some("sum(x)\n  > 1\n"));
+    let rule = &items(&items(&doc, "groups")[0], "rules")[0];
     assert_eq!(
-        rules[0]
-            .get("labels")
-            .unwrap()
-            .get("severity")
-            .unwrap()
-            .str(),
-        Some("warning")
-    );
-    let annotations = rules[0].get("annotations").unwrap();
-    assert_eq!(
-        annotations.get("summary").unwrap().str(),
-        Some("It's # not a comment")
+        rule.get("expr").and_then(scalar).as_deref(),
+        Some("sum(x)\n  > 1\n")
     );
     assert_eq!(
-        annotations.get("description").unwrap().str(),
-        Some("a\tb {{ $value }}")
+        string_map(rule.get("labels")),
+        [
+            ("severity".to_string(), "warning".to_string()),
+            ("priority".to_string(), "1".to_string())
+        ]
     );
-    assert_eq!(annotations.get("folded").unwrap().str(), Some("one two"));
-    assert_eq!(rules[1].get("expr").unwrap().str(), Some("up == 1"));
-    assert_eq!(group.get("empty"), Some(&Yaml::Seq(vec![])));
     assert_eq!(
-        doc.get("rule_files").unwrap().items(),
-        [Yaml::Str("../a.yml".into())]
+        string_map(rule.get("annotations"))[0].1,
+        "It's # not a comment"
     );
-
-    assert!(parse_yaml("a: &x 1\nb: *x\n").is_err());
-    assert!(parse_yaml("a:\n  b: 1\n c: 2\n").is_err());
-    assert!(parse_yaml("a: \"open\n").is_err());
+    assert!(
+        serde_norway::from_str::<Yaml>("a: 1\na: 2\n").is_err(),
+        "duplicate keys are an error"
+    );
 }
