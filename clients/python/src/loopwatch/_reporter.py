@@ -1,0 +1,664 @@
+"""The reporter: heartbeat task, task and exception hooks, watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import re
+import sys
+import threading
+import time
+import weakref
+from types import TracebackType
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
+
+from ._headers import RateLimit, ratelimit_from_headers
+from ._transport import DEFAULT_TARGET, NullTransport, Transport, make_transport
+from ._watchdog import Watchdog
+from ._wire import Envelope, dumps, encode, label, sanitize_name
+from ._version import __version__
+
+__all__ = ["Reporter", "start", "watch", "task_name", "SLOW_CALLBACK_S"]
+
+log = logging.getLogger("loopwatch")
+
+#: A heartbeat this late counts one slow callback (see README: approximation).
+SLOW_CALLBACK_S = 0.1
+#: ``info`` goes with the first heartbeat and then every this many.
+INFO_EVERY = 40
+
+_GENERATED_TASK_NAME = re.compile(r"Task-\d+\Z")
+_TRUE = ("1", "true", "yes", "on")
+_COUNTED_ATTR = "_loopwatch_counted"
+# Room kept for each failure / cancellation count in the heartbeat budget.
+_COUNT_RESERVE = 10**11
+
+# Reporters running now, by (id(loop), loop name): start() twice returns the same.
+_active: Dict[Tuple[int, str], "Reporter"] = {}
+_active_lock = threading.Lock()
+
+
+def task_name(task: "asyncio.Future[Any]") -> str:
+    """A bounded name for a task: the name the app gave it (not an
+    auto-generated ``Task-123``), else its coroutine's ``__qualname__``
+    (``poll_feed``, ``Worker.run``), else ``unknown``."""
+    try:
+        get_name = getattr(task, "get_name", None)
+        name = get_name() if get_name is not None else None
+        # "None": CPython 3.13.0-3.13.2 name every task made through a task
+        # factory "None" when create_task() got no name (cpython#130033).
+        if isinstance(name, str) and name and name != "None" and not _GENERATED_TASK_NAME.match(name):
+            return label(name)
+        get_coro = getattr(task, "get_coro", None)
+        coro = get_coro() if get_coro is not None else None
+        qualname = getattr(coro, "__qualname__", None)
+        if isinstance(qualname, str) and qualname:
+            return label(qualname)
+    except Exception:
+        pass
+    return "unknown"
+
+
+def _default_app() -> str:
+    env = os.environ.get("LOOPWATCH_APP", "").strip()
+    if env:
+        return env
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    base = os.path.basename(argv0)
+    if base == "__main__.py":  # python -m package
+        base = os.path.basename(os.path.dirname(argv0))
+    if base.endswith(".py"):
+        base = base[:-3]
+    if base in ("", "-c", "-m", "-"):
+        return "python"
+    return base
+
+
+def _count(value: Any) -> int:
+    """A non-negative integer (the protocol's counts are unsigned)."""
+    return max(0, int(value))
+
+
+def _disabled_by_env() -> bool:
+    return os.environ.get("LOOPWATCH_DISABLED", "").strip().lower() in _TRUE
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"loopwatch: {name} must be a number, got {value!r}") from None
+    if not (low <= v <= high):
+        raise ValueError(f"loopwatch: {name} must be within {low}-{high} seconds, got {v}")
+    return v
+
+
+class Reporter:
+    """Reports one event loop to loopwatch. Made by :func:`start`.
+
+    All methods are safe to call at any time and never raise into the app;
+    on a disabled reporter (``LOOPWATCH_DISABLED=1``) they do nothing.
+    """
+
+    def __init__(
+        self,
+        *,
+        app: str,
+        loop_name: str,
+        target: str,
+        interval: float,
+        stall_threshold: float,
+        transport: Optional[Transport] = None,
+    ) -> None:
+        self.app = app
+        self.loop_name = loop_name
+        self.target = target
+        self.interval = interval
+        self.stall_threshold = stall_threshold
+        self._transport: Transport = transport if transport is not None else NullTransport()
+        self._enabled = transport is not None
+        self._stopped = not self._enabled
+        self._hooked = False
+        self._env = Envelope(app, loop_name, os.getpid())
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop_thread_id = 0
+        self._key: Optional[Tuple[int, str]] = None
+        self._heartbeat: Optional["asyncio.Task[None]"] = None
+        self._watchdog: Optional[Watchdog] = None
+        self._prev_factory: Any = None
+        self._prev_handler: Any = None
+        self._factory: Any = None
+        self._handler: Any = None
+        # Counters. The loop thread updates them; the exception handler may
+        # run on any thread (a task collected by the GC), hence the lock.
+        self._lock = threading.Lock()
+        self._last_tick = time.monotonic()
+        self._beats = 0
+        self._tasks_created = 0
+        self._tasks_pending = 0
+        self._slow_callbacks = 0
+        self._failures: Dict[Tuple[str, str], int] = {}
+        self._cancellations: Dict[str, int] = {}
+        self._counted: "weakref.WeakSet[asyncio.Future[Any]]" = weakref.WeakSet()
+        self._arrays: Optional[str] = None
+        self._arrays_used = 0
+        self._arrays_budget = 0
+        self._hb_prefix = ""
+        self._info = ""
+        self._info_sent = False
+
+    # -- public ------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        """False for the no-op reporter (``LOOPWATCH_DISABLED``)."""
+        return self._enabled
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def __repr__(self) -> str:
+        state = "disabled" if not self._enabled else ("stopped" if self._stopped else "running")
+        return (
+            f"<loopwatch.Reporter app={self.app!r} loop={self.loop_name!r} "
+            f"target={self.target!r} {state}>"
+        )
+
+    def stop(self) -> None:
+        """Send ``bye``, stop the heartbeat task and the watchdog thread, and
+        restore the loop's previous exception handler and task factory.
+        Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self._unhook()
+            if self._watchdog is not None:
+                self._watchdog.stop()
+            self._cancel_heartbeat()
+            self._send(self._env.message("bye", {}))
+        except Exception:
+            log.debug("loopwatch: stop failed", exc_info=True)
+        finally:
+            self._release()
+
+    async def astop(self) -> None:
+        """:meth:`stop`, then wait (without blocking the loop, at most 2 s)
+        until queued messages, the ``bye`` included, have been sent."""
+        self.stop()
+        deadline = time.monotonic() + 2.0
+        while not self._transport.closed_soon() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    def pool(self, name: str, *, size: int, max: int, in_use: int, waiting: int) -> None:
+        """Report a client-side connection pool's state (a ``pool`` message)."""
+        if self._stopped:
+            return
+        try:
+            fields = {
+                "pool": sanitize_name(name, "default"),
+                "size": _count(size),
+                "max": _count(max),
+                "in_use": _count(in_use),
+                "waiting": _count(waiting),
+            }
+            self._send(self._env.message("pool", fields))
+        except Exception:
+            log.debug("loopwatch: bad pool report", exc_info=True)
+
+    def ratelimit(
+        self, api: str, resource: str, *, limit: int, remaining: int, reset: float
+    ) -> None:
+        """Report an API's rate-limit state (a ``ratelimit`` message);
+        ``reset`` is the unix time when the window resets."""
+        if self._stopped:
+            return
+        try:
+            fields = {
+                "api": sanitize_name(api, "unknown"),
+                "resource": sanitize_name(resource, "default"),
+                "limit": _count(limit),
+                "remaining": _count(remaining),
+                "reset": max(0.0, float(reset)),
+            }
+            self._send(self._env.message("ratelimit", fields))
+        except Exception:
+            log.debug("loopwatch: bad ratelimit report", exc_info=True)
+
+    def report_headers(self, api: str, headers: Any) -> Optional[RateLimit]:
+        """Parse rate-limit response headers (see
+        :func:`ratelimit_from_headers`) and report them. Returns what was
+        found, or None."""
+        rl = ratelimit_from_headers(api, headers)
+        if rl is not None:
+            self.ratelimit(rl.api, rl.resource, limit=rl.limit, remaining=rl.remaining, reset=rl.reset)
+        return rl
+
+    async def __aenter__(self) -> "Reporter":
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        await self.astop()
+
+    # -- setup -------------------------------------------------------------
+
+    def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._loop_thread_id = threading.get_ident()
+        self._build_static()
+        self._last_tick = time.monotonic()
+        # The heartbeat task exists before the task factory is hooked: it is
+        # not counted as created, and never as cancelled.
+        self._heartbeat = loop.create_task(self._beat(), name="loopwatch-heartbeat")
+        self._hook(loop)
+        self._watchdog = Watchdog(
+            loop=loop,
+            thread_id=self._loop_thread_id,
+            interval=self.interval,
+            stall_threshold=self.stall_threshold,
+            last_tick=self._get_last_tick,
+            on_stall=self._send_stall,
+            on_loop_closed=self._loop_closed,
+            maintain=self._transport.maintain,
+        )
+        self._watchdog.start()
+
+    def _build_static(self) -> None:
+        env = self._env
+        self._hb_prefix = '%s,"interval_s":%r,"stall_threshold_s":%r,' % (
+            env.prefix("heartbeat"),
+            float(self.interval),
+            float(self.stall_threshold),
+        )
+        loop = self._loop
+        module = type(loop).__module__ if loop is not None else ""
+        info = {
+            "client_version": __version__,
+            "runtime": "uvloop" if module.startswith("uvloop") else "asyncio",
+            "language_version": platform.python_version(),
+        }
+        self._info = ',"info":' + dumps(info)
+        # The heartbeat must stay within one datagram whatever the counters
+        # grow to: new failure / cancellation names beyond this budget are
+        # folded into "other" (as loopwatch itself would fold them).
+        worst = (
+            self._hb_prefix
+            + '"lag_s":%.6f,"tasks_pending":%d,"tasks_created":%d,"slow_callbacks":%d,'
+            % (86400.0, 10**9, _COUNT_RESERVE, _COUNT_RESERVE)
+            + '"failures":[],"cancellations":[]'
+            + self._info
+            + "}"
+        )
+        reserve = len(self._failure_entry("other", "other", _COUNT_RESERVE)) + len(
+            self._cancel_entry("other", _COUNT_RESERVE)
+        )
+        self._arrays_budget = self._transport.max_size - len(encode(worst)) - reserve - 2
+
+    # -- hooks: task factory and exception handler --------------------------
+
+    def _hook(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._prev_factory = loop.get_task_factory()
+        self._prev_handler = loop.get_exception_handler()
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+            prev = self._prev_factory
+            if prev is None:
+                if kwargs:
+                    # name=None / context=None are the defaults; older Task
+                    # classes do not accept every keyword.
+                    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+                task = asyncio.Task(coro, loop=loop, **kwargs)
+            else:
+                task = prev(loop, coro, **kwargs)
+            if self._hooked:
+                try:
+                    task.add_done_callback(self._on_task_done)
+                except Exception:
+                    pass
+                else:
+                    self._tasks_created += 1
+                    self._tasks_pending += 1
+            return task
+
+        def handler(loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
+            if self._hooked:
+                try:
+                    self._count_context(context)
+                except Exception:
+                    pass
+            prev = self._prev_handler
+            if prev is not None:
+                prev(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        self._factory = factory
+        self._handler = handler
+        self._hooked = True
+        loop.set_task_factory(factory)
+        loop.set_exception_handler(handler)
+        # Tasks already running when start() was called are watched too.
+        # From here on tasks_pending is kept by the factory and the done
+        # callbacks: asyncio.all_tasks() is O(all tasks) (~0.3 us per task on
+        # CPython 3.11), far too slow to call at every heartbeat.
+        existing = asyncio.all_tasks(loop)
+        self._tasks_pending = len(existing)  # the heartbeat task included
+        for task in existing:
+            if task is not self._heartbeat:
+                task.add_done_callback(self._on_task_done)
+
+    def _unhook(self) -> None:
+        """Put back the previous task factory and exception handler. If
+        someone installed their own on top of ours meanwhile, ours stays in
+        their chain but only passes calls through."""
+        self._hooked = False
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            if loop.get_task_factory() is self._factory:
+                loop.set_task_factory(self._prev_factory)
+        except Exception:
+            log.debug("loopwatch: cannot restore the task factory", exc_info=True)
+        try:
+            if loop.get_exception_handler() is self._handler:
+                loop.set_exception_handler(self._prev_handler)
+        except Exception:
+            log.debug("loopwatch: cannot restore the exception handler", exc_info=True)
+
+    def _on_task_done(self, task: "asyncio.Future[Any]") -> None:
+        self._tasks_pending -= 1
+        if not self._hooked:
+            return
+        try:
+            if task.cancelled():
+                self._count_cancel(task_name(task))
+                return
+            # task.exception() would mark the exception retrieved and silence
+            # asyncio's "Task exception was never retrieved": read the
+            # attribute instead (the C Task, the Python Task and uvloop all
+            # have it).
+            exc = getattr(task, "_exception", None)
+            if not isinstance(exc, BaseException):
+                return
+            self._count_failure(task_name(task), type(exc).__name__)
+            # Remember the task as counted for the exception handler. An
+            # attribute survives until the task is freed (weak references to
+            # garbage in a reference cycle are cleared before finalizers run);
+            # the WeakSet covers task types without a __dict__.
+            try:
+                setattr(task, _COUNTED_ATTR, True)
+            except Exception:
+                self._counted.add(task)
+        except Exception:
+            log.debug("loopwatch: task accounting failed", exc_info=True)
+
+    def _count_context(self, context: Mapping[str, Any]) -> None:
+        exc = context.get("exception")
+        if not isinstance(exc, BaseException):
+            return
+        fut = context.get("task")
+        if fut is None:
+            fut = context.get("future")
+        # Duck-typed: the pure-Python Task is no subclass of the C one.
+        if fut is not None and asyncio.isfuture(fut) and hasattr(fut, "get_coro"):
+            if getattr(fut, _COUNTED_ATTR, False) or fut in self._counted:
+                return  # its done callback counted it already
+            # A task the done callback never saw (built with asyncio.Task()
+            # directly, or done before start()): count it under its name.
+            self._count_failure(task_name(fut), type(exc).__name__)
+            return
+        # A callback (call_soon, a done callback, a protocol method), or a
+        # plain Future nobody retrieved.
+        self._count_failure("callback", type(exc).__name__)
+
+    def _count_failure(self, task: str, exception: str) -> None:
+        key = (label(task), label(exception))
+        with self._lock:
+            if key not in self._failures:
+                size = len(self._failure_entry(key[0], key[1], _COUNT_RESERVE)) + 1
+                if self._arrays_used + size > self._arrays_budget:
+                    key = ("other", "other")
+                else:
+                    self._arrays_used += size
+            self._failures[key] = self._failures.get(key, 0) + 1
+            self._arrays = None
+
+    def _count_cancel(self, task: str) -> None:
+        name = label(task)
+        with self._lock:
+            if name not in self._cancellations:
+                size = len(self._cancel_entry(name, _COUNT_RESERVE)) + 1
+                if self._arrays_used + size > self._arrays_budget:
+                    name = "other"
+                else:
+                    self._arrays_used += size
+            self._cancellations[name] = self._cancellations.get(name, 0) + 1
+            self._arrays = None
+
+    @staticmethod
+    def _failure_entry(task: str, exception: str, count: int) -> bytes:
+        return encode('{"task":%s,"exception":%s,"count":%d}' % (dumps(task), dumps(exception), count))
+
+    @staticmethod
+    def _cancel_entry(task: str, count: int) -> bytes:
+        return encode('{"task":%s,"count":%d}' % (dumps(task), count))
+
+    def _arrays_json(self) -> str:
+        with self._lock:
+            arrays = self._arrays
+            if arrays is None:
+                failures = ",".join(
+                    '{"task":%s,"exception":%s,"count":%d}' % (dumps(t), dumps(e), n)
+                    for (t, e), n in self._failures.items()
+                )
+                cancels = ",".join(
+                    '{"task":%s,"count":%d}' % (dumps(t), n) for t, n in self._cancellations.items()
+                )
+                arrays = '"failures":[%s],"cancellations":[%s]' % (failures, cancels)
+                self._arrays = arrays
+            return arrays
+
+    # -- heartbeat -----------------------------------------------------------
+
+    def _get_last_tick(self) -> float:
+        return self._last_tick
+
+    async def _beat(self) -> None:
+        interval = self.interval
+        mono = time.monotonic
+        try:
+            self._last_tick = mono()
+            self._tick(0.0)
+            while True:
+                due = mono() + interval
+                await asyncio.sleep(interval)
+                now = mono()
+                self._last_tick = now
+                lag = now - due
+                self._tick(min(lag, 86400.0) if lag > 0.0 else 0.0)
+        except asyncio.CancelledError:
+            # Cancelled by someone else (asyncio.run() cancels every task at
+            # exit): the loop is going away, so say bye.
+            if not self._stopped:
+                self.stop()
+            raise
+
+    def _tick(self, lag: float) -> None:
+        try:
+            self._beats += 1
+            if lag > SLOW_CALLBACK_S:
+                self._slow_callbacks += 1
+            pending = self._tasks_pending
+            text = '%s"lag_s":%.6f,"tasks_pending":%d,"tasks_created":%d,"slow_callbacks":%d,%s%s}' % (
+                self._hb_prefix,
+                lag,
+                pending if pending > 0 else 0,
+                self._tasks_created,
+                self._slow_callbacks,
+                self._arrays if self._arrays is not None else self._arrays_json(),
+                self._info if (self._beats % INFO_EVERY == 1 or not self._info_sent) else "",
+            )
+            if self._transport.send(text.encode("utf-8", "replace")):
+                # info goes with the first heartbeat that left (a host name
+                # may still be resolving at the first tick), then every 40th
+                self._info_sent = True
+        except Exception:
+            log.debug("loopwatch: heartbeat failed", exc_info=True)
+
+    def _cancel_heartbeat(self) -> None:
+        task = self._heartbeat
+        loop = self._loop
+        if task is None or loop is None or task.done() or loop.is_closed():
+            return
+        try:
+            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            if asyncio.current_task(loop) is not task:
+                task.cancel()
+        elif not loop.is_running():
+            task.cancel()  # between run_until_complete() calls
+        else:
+            loop.call_soon_threadsafe(task.cancel)  # stop() from another thread
+
+    # -- stalls, sending, shutdown -------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        self._transport.send(data)
+
+    def _send_stall(self, stall_id: int, blocked_s: float, site: str, stack: List[str]) -> None:
+        if self._stopped:
+            return
+        data = self._env.stall(stall_id, blocked_s, site, stack, self._transport.max_size)
+        self._send(data)
+
+    def _loop_closed(self) -> None:
+        """The loop was closed without stop(): say bye from the watchdog."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._hooked = False
+        try:
+            self._send(self._env.message("bye", {}))
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            self._transport.close()
+        except Exception:  # pragma: no cover
+            pass
+        with _active_lock:
+            if self._key is not None and _active.get(self._key) is self:
+                del _active[self._key]
+
+
+def start(
+    app: Optional[str] = None,
+    *,
+    loop_name: str = "main",
+    target: Optional[str] = None,
+    interval: float = 0.25,
+    stall_threshold: float = 0.5,
+) -> Reporter:
+    """Start reporting the running event loop (asyncio or uvloop) to loopwatch.
+
+    Call it inside the running loop. ``app`` defaults to ``LOOPWATCH_APP``,
+    then the script's name; ``target`` to ``LOOPWATCH_TARGET``, then
+    ``udp://127.0.0.1:10071`` (``http://host:port`` posts NDJSON batches to
+    ``/api/v1/events`` from a background thread instead). With
+    ``LOOPWATCH_DISABLED=1`` it returns a reporter that does nothing.
+
+    Raises ``RuntimeError`` outside a running loop and ``ValueError`` for an
+    ``interval`` outside 0.01-60 s or a ``stall_threshold`` outside 0.01-600 s;
+    nothing else, and nothing later.
+    """
+    interval = _check_range("interval", interval, 0.01, 60.0)
+    stall_threshold = _check_range("stall_threshold", stall_threshold, 0.01, 600.0)
+    app_name = sanitize_name(app if app else _default_app(), "python")
+    loop_label = sanitize_name(loop_name, "main")
+    chosen = target or os.environ.get("LOOPWATCH_TARGET", "").strip() or DEFAULT_TARGET
+    if _disabled_by_env():
+        return Reporter(
+            app=app_name,
+            loop_name=loop_label,
+            target=chosen,
+            interval=interval,
+            stall_threshold=stall_threshold,
+        )
+    loop = asyncio.get_running_loop()
+    key = (id(loop), loop_label)
+    with _active_lock:
+        existing = _active.get(key)
+        if existing is not None and existing._loop is loop and not existing._stopped:
+            log.warning(
+                "loopwatch: loop %r is already reported (app %r); start() returns that reporter",
+                loop_label,
+                existing.app,
+            )
+            return existing
+    reporter = Reporter(
+        app=app_name,
+        loop_name=loop_label,
+        target=chosen,
+        interval=interval,
+        stall_threshold=stall_threshold,
+        transport=make_transport(chosen),
+    )
+    reporter._key = key
+    with _active_lock:
+        _active[key] = reporter
+    try:
+        reporter._begin(loop)
+    except Exception:
+        log.warning("loopwatch: cannot start; reporting is off", exc_info=True)
+        reporter.stop()
+    return reporter
+
+
+class watch:
+    """``async with loopwatch.watch(app, ...) as reporter:`` starts reporting
+    on entry and stops (sending ``bye``) on exit. Takes :func:`start`'s
+    arguments."""
+
+    def __init__(
+        self,
+        app: Optional[str] = None,
+        *,
+        loop_name: str = "main",
+        target: Optional[str] = None,
+        interval: float = 0.25,
+        stall_threshold: float = 0.5,
+    ) -> None:
+        self._args: Dict[str, Any] = {
+            "loop_name": loop_name,
+            "target": target,
+            "interval": interval,
+            "stall_threshold": stall_threshold,
+        }
+        self._app = app
+        self._reporter: Optional[Reporter] = None
+
+    async def __aenter__(self) -> Reporter:
+        self._reporter = start(self._app, **self._args)
+        return self._reporter
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        reporter, self._reporter = self._reporter, None
+        if reporter is not None:
+            await reporter.astop()
