@@ -326,13 +326,17 @@ async fn run_periodic(
 }
 
 async fn run_streaming(mut collector: Box<dyn Streaming>, recorder: Recorder) {
+    // Up from the start; after a failure, only once it has run a while again,
+    // so a collector failing at every start does not flap.
+    recorder.success();
     loop {
-        recorder.success();
         let run = AssertUnwindSafe(collector.run()).catch_unwind();
         tokio::pin!(run);
         // While it runs, it is alive: keep its last success current.
-        let mut alive = tokio::time::interval(STREAMING_ALIVE_EVERY);
-        alive.tick().await;
+        let mut alive = tokio::time::interval_at(
+            tokio::time::Instant::now() + RESTART_PAUSE,
+            STREAMING_ALIVE_EVERY,
+        );
         let outcome = loop {
             tokio::select! {
                 outcome = &mut run => break outcome,

@@ -6,6 +6,8 @@
 //! the schedule and records duration, success, last success and errors.
 
 pub mod driver;
+pub mod pgbouncer;
+pub mod postgres;
 pub mod processes;
 pub mod runtime;
 
@@ -130,5 +132,7 @@ pub fn build_collectors(config: &Config, shared: &Shared) -> Vec<Built> {
     built.extend(runtime::build(&config.runtime, shared));
     built.push(crate::ingest::udp::build(&config.ingest, &shared.ingest));
     built.extend(processes::build(&config.processes, shared));
+    built.extend(postgres::build(&config.postgres));
+    built.extend(pgbouncer::build(&config.pgbouncer));
     built
 }

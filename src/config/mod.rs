@@ -33,6 +33,10 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Process groups to watch.
     pub processes: Vec<ProcessGroupConfig>,
+    /// PostgreSQL servers to watch.
+    pub postgres: Vec<PostgresTargetConfig>,
+    /// PgBouncer admin consoles to watch.
+    pub pgbouncer: Vec<PgBouncerTargetConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +169,93 @@ pub struct ProcessMatchConfig {
     pub pid_file: Option<PathBuf>,
 }
 
+/// A PostgreSQL server. The password never appears in metrics, labels, logs
+/// or the landing page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTargetConfig {
+    /// The `target` label value.
+    pub name: String,
+    /// libpq connection string (`host=… port=… user=… dbname=…` or a
+    /// `postgres://` URL); `${ENV}` references are expanded.
+    pub dsn: String,
+    /// The password, usually `${ENV_VAR}`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A file holding the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_db_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a connection attempt may take; default 3s (at most `timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// `statement_timeout` of loopwatch's sessions; defaults to `timeout`.
+    #[serde(default, with = "humantime_serde")]
+    pub statement_timeout: Option<Duration>,
+    /// `lock_timeout` of loopwatch's sessions.
+    #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// Connections loopwatch opens to this server at most.
+    #[serde(default = "default_pg_max_connections")]
+    pub max_connections: usize,
+    /// Queries running longer than this count in `loopwatch_pg_slow_queries`.
+    #[serde(default = "default_slow_query_threshold", with = "humantime_serde")]
+    pub slow_query_threshold: Duration,
+    /// `{database, user, application_name, state}` series at most; the rest fold into `other`.
+    #[serde(default = "default_max_connection_series")]
+    pub max_connection_series: usize,
+}
+
+/// A PgBouncer admin console (the `pgbouncer` database).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgBouncerTargetConfig {
+    /// The `target` label value.
+    pub name: String,
+    /// Connection string of the admin console, e.g.
+    /// `host=127.0.0.1 port=6432 user=pgbouncer dbname=pgbouncer`; `${ENV}` expanded.
+    pub dsn: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_db_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a connection attempt may take; default 3s (at most `timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+}
+
+fn default_db_interval() -> Duration {
+    Duration::from_secs(15)
+}
+
+/// The connect timeout in effect: as given, else 3s but at most `timeout`.
+pub fn connect_timeout(given: Option<Duration>, timeout: Duration) -> Duration {
+    given.unwrap_or(Duration::from_secs(3).min(timeout))
+}
+
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_pg_max_connections() -> usize {
+    2
+}
+
+fn default_slow_query_threshold() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_max_connection_series() -> usize {
+    200
+}
+
 fn default_process_interval() -> Duration {
     Duration::from_secs(15)
 }
@@ -230,9 +321,11 @@ impl ValidConfig {
     pub fn summary(&self) -> String {
         let c = &self.config;
         format!(
-            "runtime watch {}, {} process group(s), UDP ingest {}",
+            "runtime watch {}, {} process group(s), {} PostgreSQL and {} PgBouncer target(s), UDP ingest {}",
             if c.runtime.enabled { "on" } else { "off" },
             c.processes.len(),
+            c.postgres.len(),
+            c.pgbouncer.len(),
             if c.ingest.udp_listen_address.is_empty() {
                 "off"
             } else {
@@ -468,6 +561,44 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
                     format!("invalid regular expression {re:?}: {first_line}"),
                 ));
             }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in config.postgres.iter().enumerate() {
+        let path = format!("postgres[{i}]");
+        check_label_value(&mut problems, format!("{path}.name"), &t.name);
+        if !seen.insert(t.name.as_str()) {
+            problems.push((format!("{path}.name"), format!("{:?} is used by an earlier target", t.name)));
+        }
+        check_schedule(&mut problems, &path, t.interval, t.timeout);
+        if t.connect_timeout.is_some_and(|c| c.is_zero() || c > t.timeout) {
+            problems.push((format!("{path}.connect_timeout"), "must be above 0 and not longer than timeout".to_owned()));
+        }
+        if t.max_connections == 0 || t.max_connections > 10 {
+            problems.push((format!("{path}.max_connections"), "must be between 1 and 10: the exporter must not become the outage".to_owned()));
+        }
+        if t.max_connection_series == 0 || t.max_connection_series > 10_000 {
+            problems.push((format!("{path}.max_connection_series"), "must be between 1 and 10000".to_owned()));
+        }
+        if let Err(e) = crate::collector::postgres::pg_config(t) {
+            let key = if e.starts_with("dsn") { "dsn" } else { "password" };
+            problems.push((format!("{path}.{key}"), e));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in config.pgbouncer.iter().enumerate() {
+        let path = format!("pgbouncer[{i}]");
+        check_label_value(&mut problems, format!("{path}.name"), &t.name);
+        if !seen.insert(t.name.as_str()) {
+            problems.push((format!("{path}.name"), format!("{:?} is used by an earlier target", t.name)));
+        }
+        check_schedule(&mut problems, &path, t.interval, t.timeout);
+        if t.connect_timeout.is_some_and(|c| c.is_zero() || c > t.timeout) {
+            problems.push((format!("{path}.connect_timeout"), "must be above 0 and not longer than timeout".to_owned()));
+        }
+        if let Err(e) = crate::collector::pgbouncer::pg_config(t) {
+            let key = if e.starts_with("dsn") { "dsn" } else { "password" };
+            problems.push((format!("{path}.{key}"), e));
         }
     }
     problems

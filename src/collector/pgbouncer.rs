@@ -1,0 +1,200 @@
+//! PgBouncer: clients and servers per pool, the longest wait, and the
+//! configured limits, read from the admin console (`SHOW POOLS`,
+//! `SHOW DATABASES`, `SHOW CONFIG`) over one kept connection.
+
+use std::str::FromStr;
+
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage, SimpleQueryRow};
+
+use super::{BoxFuture, Built, CollectError, Job, Periodic, Reason};
+use crate::config::PgBouncerTargetConfig;
+use crate::config::secret;
+use crate::metrics::{Families, FamilyBuilder};
+
+pub fn build(targets: &[PgBouncerTargetConfig]) -> Vec<Built> {
+    targets
+        .iter()
+        .map(|t| Built {
+            kind: "pgbouncer",
+            target: t.name.clone(),
+            job: Job::Periodic {
+                interval: t.interval,
+                timeout: t.timeout,
+                collector: Box::new(PgBouncerTarget {
+                    name: t.name.clone(),
+                    config: pg_config(t),
+                    client: None,
+                }),
+            },
+        })
+        .collect()
+}
+
+/// The admin console's connection settings, with `${ENV}` and the password resolved.
+pub fn pg_config(t: &PgBouncerTargetConfig) -> Result<tokio_postgres::Config, String> {
+    let dsn = secret::expand_env(&t.dsn).map_err(|e| format!("dsn {e}"))?;
+    let mut config = tokio_postgres::Config::from_str(&dsn)
+        .map_err(|e| format!("dsn is not a PostgreSQL connection string: {e}"))?;
+    if let Some(password) = secret::resolve(t.password.as_deref(), t.password_file.as_deref())? {
+        if config.get_password().is_some() {
+            return Err("the password is given both in the dsn and in password/password_file".into());
+        }
+        config.password(password.expose());
+    }
+    if config.get_dbname().is_none() {
+        config.dbname("pgbouncer");
+    }
+    config
+        .application_name("loopwatch")
+        .connect_timeout(crate::config::connect_timeout(t.connect_timeout, t.timeout));
+    Ok(config)
+}
+
+struct PgBouncerTarget {
+    name: String,
+    config: Result<tokio_postgres::Config, String>,
+    /// Kept between polls; dropped after any error.
+    client: Option<Client>,
+}
+
+fn error(e: tokio_postgres::Error) -> CollectError {
+    let reason = match e.code() {
+        Some(code) if code.code().starts_with("28") => Reason::Auth,
+        Some(_) => Reason::Other,
+        None => Reason::Connect,
+    };
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    CollectError::new(reason, text)
+}
+
+fn rows(messages: Vec<SimpleQueryMessage>) -> Vec<SimpleQueryRow> {
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A numeric column; PgBouncer versions differ in which columns they have.
+fn number(row: &SimpleQueryRow, column: &str) -> Option<f64> {
+    row.try_get(column).ok().flatten().and_then(|v| v.parse().ok())
+}
+
+fn text<'a>(row: &'a SimpleQueryRow, column: &str) -> &'a str {
+    row.try_get(column).ok().flatten().unwrap_or("")
+}
+
+impl PgBouncerTarget {
+    async fn sample(&mut self) -> Result<Families, CollectError> {
+        let client = match self.client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                let config = self
+                    .config
+                    .as_ref()
+                    .map_err(|e| CollectError::new(Reason::Other, e.clone()))?;
+                let (client, connection) = config.connect(NoTls).await.map_err(error)?;
+                tokio::spawn(async move {
+                    // Ends when the client is dropped or the server goes away.
+                    let _ = connection.await;
+                });
+                client
+            }
+        };
+        let pools = rows(client.simple_query("SHOW POOLS").await.map_err(error)?);
+        let databases = rows(client.simple_query("SHOW DATABASES").await.map_err(error)?);
+        let settings = rows(client.simple_query("SHOW CONFIG").await.map_err(error)?);
+        self.client = Some(client);
+
+        let mut b = FamilyBuilder::default();
+        let name = self.name.as_str();
+        b.gauge(
+            "loopwatch_pgbouncer_up",
+            "Whether the last poll of the PgBouncer admin console succeeded, sampled every interval.",
+            &[("target", name)],
+            1.0,
+        );
+        for row in &pools {
+            let (database, user) = (text(row, "database"), text(row, "user"));
+            for (column, state) in [("cl_active", "active"), ("cl_waiting", "waiting")] {
+                if let Some(n) = number(row, column) {
+                    b.gauge(
+                        "loopwatch_pgbouncer_clients",
+                        "Client connections of the pool by state, sampled every interval.",
+                        &[("target", name), ("database", database), ("user", user), ("state", state)],
+                        n,
+                    );
+                }
+            }
+            for (column, state) in [
+                ("sv_active", "active"),
+                ("sv_idle", "idle"),
+                ("sv_used", "used"),
+                ("sv_tested", "tested"),
+                ("sv_login", "login"),
+            ] {
+                if let Some(n) = number(row, column) {
+                    b.gauge(
+                        "loopwatch_pgbouncer_servers",
+                        "Server connections of the pool by state, sampled every interval.",
+                        &[("target", name), ("database", database), ("user", user), ("state", state)],
+                        n,
+                    );
+                }
+            }
+            let wait = number(row, "maxwait").unwrap_or(0.0) + number(row, "maxwait_us").unwrap_or(0.0) / 1e6;
+            b.gauge(
+                "loopwatch_pgbouncer_max_wait_seconds",
+                "How long the oldest waiting client of the pool has waited, sampled every interval.",
+                &[("target", name), ("database", database), ("user", user)],
+                wait,
+            );
+        }
+        for row in &databases {
+            if let Some(n) = number(row, "pool_size") {
+                b.gauge(
+                    "loopwatch_pgbouncer_pool_size",
+                    "Server pool size of the database, sampled every interval.",
+                    &[("target", name), ("database", text(row, "name"))],
+                    n,
+                );
+            }
+        }
+        if let Some(row) = settings.iter().find(|r| text(r, "key") == "max_client_conn") {
+            if let Some(n) = number(row, "value") {
+                b.gauge(
+                    "loopwatch_pgbouncer_max_client_connections",
+                    "PgBouncer's max_client_conn, sampled every interval.",
+                    &[("target", name)],
+                    n,
+                );
+            }
+        }
+        Ok(b.finish())
+    }
+}
+
+impl Periodic for PgBouncerTarget {
+    fn poll(&mut self) -> BoxFuture<'_, Result<Families, CollectError>> {
+        Box::pin(self.sample())
+    }
+
+    fn down(&self) -> Families {
+        let mut b = FamilyBuilder::default();
+        b.gauge(
+            "loopwatch_pgbouncer_up",
+            "Whether the last poll of the PgBouncer admin console succeeded, sampled every interval.",
+            &[("target", &self.name)],
+            0.0,
+        );
+        b.finish()
+    }
+}
