@@ -37,7 +37,9 @@ pub fn pg_config(t: &PgBouncerTargetConfig) -> Result<tokio_postgres::Config, St
         .map_err(|e| format!("dsn is not a PostgreSQL connection string: {e}"))?;
     if let Some(password) = secret::resolve(t.password.as_deref(), t.password_file.as_deref())? {
         if config.get_password().is_some() {
-            return Err("the password is given both in the dsn and in password/password_file".into());
+            return Err(
+                "the password is given both in the dsn and in password/password_file".into(),
+            );
         }
         config.password(password.expose());
     }
@@ -85,7 +87,10 @@ fn rows(messages: Vec<SimpleQueryMessage>) -> Vec<SimpleQueryRow> {
 
 /// A numeric column; PgBouncer versions differ in which columns they have.
 fn number(row: &SimpleQueryRow, column: &str) -> Option<f64> {
-    row.try_get(column).ok().flatten().and_then(|v| v.parse().ok())
+    row.try_get(column)
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse().ok())
 }
 
 fn text<'a>(row: &'a SimpleQueryRow, column: &str) -> &'a str {
@@ -129,7 +134,12 @@ impl PgBouncerTarget {
                     b.gauge(
                         "loopwatch_pgbouncer_clients",
                         "Client connections of the pool by state, sampled every interval.",
-                        &[("target", name), ("database", database), ("user", user), ("state", state)],
+                        &[
+                            ("target", name),
+                            ("database", database),
+                            ("user", user),
+                            ("state", state),
+                        ],
                         n,
                     );
                 }
@@ -145,12 +155,18 @@ impl PgBouncerTarget {
                     b.gauge(
                         "loopwatch_pgbouncer_servers",
                         "Server connections of the pool by state, sampled every interval.",
-                        &[("target", name), ("database", database), ("user", user), ("state", state)],
+                        &[
+                            ("target", name),
+                            ("database", database),
+                            ("user", user),
+                            ("state", state),
+                        ],
                         n,
                     );
                 }
             }
-            let wait = number(row, "maxwait").unwrap_or(0.0) + number(row, "maxwait_us").unwrap_or(0.0) / 1e6;
+            let wait = number(row, "maxwait").unwrap_or(0.0)
+                + number(row, "maxwait_us").unwrap_or(0.0) / 1e6;
             b.gauge(
                 "loopwatch_pgbouncer_max_wait_seconds",
                 "How long the oldest waiting client of the pool has waited, sampled every interval.",
@@ -168,7 +184,10 @@ impl PgBouncerTarget {
                 );
             }
         }
-        if let Some(row) = settings.iter().find(|r| text(r, "key") == "max_client_conn") {
+        if let Some(row) = settings
+            .iter()
+            .find(|r| text(r, "key") == "max_client_conn")
+        {
             if let Some(n) = number(row, "value") {
                 b.gauge(
                     "loopwatch_pgbouncer_max_client_connections",

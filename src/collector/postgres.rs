@@ -53,7 +53,9 @@ pub fn pg_config(t: &PostgresTargetConfig) -> Result<tokio_postgres::Config, Str
     let password = secret::resolve(t.password.as_deref(), t.password_file.as_deref())?;
     if let Some(password) = password {
         if config.get_password().is_some() {
-            return Err("the password is given both in the dsn and in password/password_file".into());
+            return Err(
+                "the password is given both in the dsn and in password/password_file".into(),
+            );
         }
         config.password(password.expose());
     }
@@ -90,8 +92,14 @@ impl PostgresTarget {
             .max_size(t.max_connections)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(t.timeout))
-            .create_timeout(Some(crate::config::connect_timeout(t.connect_timeout, t.timeout)))
-            .recycle_timeout(Some(crate::config::connect_timeout(t.connect_timeout, t.timeout)))
+            .create_timeout(Some(crate::config::connect_timeout(
+                t.connect_timeout,
+                t.timeout,
+            )))
+            .recycle_timeout(Some(crate::config::connect_timeout(
+                t.connect_timeout,
+                t.timeout,
+            )))
             .build()
             .map_err(|e| format!("cannot build the connection pool: {e}"));
         Self {
@@ -117,8 +125,16 @@ impl PostgresTarget {
         let s = pool.status();
         let labels = [("app_name", "loopwatch"), ("pool", self.name.as_str())];
         for (name, help, value) in [
-            ("loopwatch_pool_size", "Connections open in the pool, as last reported.", s.size),
-            ("loopwatch_pool_max", "Maximum connections of the pool, as last reported.", s.max_size),
+            (
+                "loopwatch_pool_size",
+                "Connections open in the pool, as last reported.",
+                s.size,
+            ),
+            (
+                "loopwatch_pool_max",
+                "Maximum connections of the pool, as last reported.",
+                s.max_size,
+            ),
             (
                 "loopwatch_pool_in_use",
                 "Connections of the pool checked out, as last reported.",
@@ -152,7 +168,8 @@ fn classify(e: &tokio_postgres::Error) -> CollectError {
         || code == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
     {
         Reason::Auth
-    } else if code == Some(&SqlState::QUERY_CANCELED) || code == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+    } else if code == Some(&SqlState::QUERY_CANCELED) || code == Some(&SqlState::LOCK_NOT_AVAILABLE)
+    {
         Reason::Timeout
     } else if e.as_db_error().is_none() {
         Reason::Connect
@@ -233,12 +250,36 @@ impl Periodic for PostgresTarget {
             let target = [("target", self.name.as_str())];
             let value = |i: usize| -> f64 { summary.get::<_, f64>(i) };
             for (i, name, help) in [
-                (0, "loopwatch_pg_max_connections", "The server's max_connections, sampled every interval."),
-                (1, "loopwatch_pg_reserved_connections", "Connections reserved for superusers (superuser_reserved_connections + reserved_connections), sampled every interval."),
-                (2, "loopwatch_pg_lock_waiters", "Sessions waiting for a lock, sampled every interval."),
-                (3, "loopwatch_pg_oldest_transaction_seconds", "Age of the oldest open transaction (0 when none), sampled every interval."),
-                (4, "loopwatch_pg_oldest_idle_in_transaction_seconds", "How long the oldest idle-in-transaction session has been idle (0 when none), sampled every interval."),
-                (5, "loopwatch_pg_slow_queries", "Queries running longer than slow_query_threshold, sampled every interval."),
+                (
+                    0,
+                    "loopwatch_pg_max_connections",
+                    "The server's max_connections, sampled every interval.",
+                ),
+                (
+                    1,
+                    "loopwatch_pg_reserved_connections",
+                    "Connections reserved for superusers (superuser_reserved_connections + reserved_connections), sampled every interval.",
+                ),
+                (
+                    2,
+                    "loopwatch_pg_lock_waiters",
+                    "Sessions waiting for a lock, sampled every interval.",
+                ),
+                (
+                    3,
+                    "loopwatch_pg_oldest_transaction_seconds",
+                    "Age of the oldest open transaction (0 when none), sampled every interval.",
+                ),
+                (
+                    4,
+                    "loopwatch_pg_oldest_idle_in_transaction_seconds",
+                    "How long the oldest idle-in-transaction session has been idle (0 when none), sampled every interval.",
+                ),
+                (
+                    5,
+                    "loopwatch_pg_slow_queries",
+                    "Queries running longer than slow_query_threshold, sampled every interval.",
+                ),
             ] {
                 b.gauge(name, help, &target, value(i));
             }

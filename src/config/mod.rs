@@ -568,20 +568,38 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         let path = format!("postgres[{i}]");
         check_label_value(&mut problems, format!("{path}.name"), &t.name);
         if !seen.insert(t.name.as_str()) {
-            problems.push((format!("{path}.name"), format!("{:?} is used by an earlier target", t.name)));
+            problems.push((
+                format!("{path}.name"),
+                format!("{:?} is used by an earlier target", t.name),
+            ));
         }
         check_schedule(&mut problems, &path, t.interval, t.timeout);
-        if t.connect_timeout.is_some_and(|c| c.is_zero() || c > t.timeout) {
-            problems.push((format!("{path}.connect_timeout"), "must be above 0 and not longer than timeout".to_owned()));
+        if t.connect_timeout
+            .is_some_and(|c| c.is_zero() || c > t.timeout)
+        {
+            problems.push((
+                format!("{path}.connect_timeout"),
+                "must be above 0 and not longer than timeout".to_owned(),
+            ));
         }
         if t.max_connections == 0 || t.max_connections > 10 {
-            problems.push((format!("{path}.max_connections"), "must be between 1 and 10: the exporter must not become the outage".to_owned()));
+            problems.push((
+                format!("{path}.max_connections"),
+                "must be between 1 and 10: the exporter must not become the outage".to_owned(),
+            ));
         }
         if t.max_connection_series == 0 || t.max_connection_series > 10_000 {
-            problems.push((format!("{path}.max_connection_series"), "must be between 1 and 10000".to_owned()));
+            problems.push((
+                format!("{path}.max_connection_series"),
+                "must be between 1 and 10000".to_owned(),
+            ));
         }
         if let Err(e) = crate::collector::postgres::pg_config(t) {
-            let key = if e.starts_with("dsn") { "dsn" } else { "password" };
+            let key = if e.starts_with("dsn") {
+                "dsn"
+            } else {
+                "password"
+            };
             problems.push((format!("{path}.{key}"), e));
         }
     }
@@ -590,14 +608,26 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         let path = format!("pgbouncer[{i}]");
         check_label_value(&mut problems, format!("{path}.name"), &t.name);
         if !seen.insert(t.name.as_str()) {
-            problems.push((format!("{path}.name"), format!("{:?} is used by an earlier target", t.name)));
+            problems.push((
+                format!("{path}.name"),
+                format!("{:?} is used by an earlier target", t.name),
+            ));
         }
         check_schedule(&mut problems, &path, t.interval, t.timeout);
-        if t.connect_timeout.is_some_and(|c| c.is_zero() || c > t.timeout) {
-            problems.push((format!("{path}.connect_timeout"), "must be above 0 and not longer than timeout".to_owned()));
+        if t.connect_timeout
+            .is_some_and(|c| c.is_zero() || c > t.timeout)
+        {
+            problems.push((
+                format!("{path}.connect_timeout"),
+                "must be above 0 and not longer than timeout".to_owned(),
+            ));
         }
         if let Err(e) = crate::collector::pgbouncer::pg_config(t) {
-            let key = if e.starts_with("dsn") { "dsn" } else { "password" };
+            let key = if e.starts_with("dsn") {
+                "dsn"
+            } else {
+                "password"
+            };
             problems.push((format!("{path}.{key}"), e));
         }
     }
@@ -693,6 +723,39 @@ processes:
         let p = problems("web:\n  listen_addresses: ['nonsense']\n");
         assert_eq!(p[0].path, "web.listen_addresses[0]");
         assert_eq!(p[0].location.map(|l| l.0), Some(2));
+    }
+
+    #[test]
+    fn postgres_secrets_are_checked_and_never_echoed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "file-secret\n").expect("write");
+        let text = format!(
+            "postgres:\n  - name: a\n    dsn: host=db user=${{LOOPWATCH_SURELY_UNSET_VAR}}\n  - name: b\n    dsn: host=db user=x password=inline-secret\n    password_file: {}\n  - name: c\n    dsn: 'not a dsn ==='\n",
+            file.display()
+        );
+        let p = problems(&text);
+        let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec!["postgres[0].dsn", "postgres[1].password", "postgres[2].dsn"],
+            "{p:?}"
+        );
+        assert_eq!(p[0].location.map(|l| l.0), Some(3));
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("inline-secret") && !shown.contains("file-secret"),
+            "{shown}"
+        );
+
+        let ok = format!(
+            "postgres:\n  - name: a\n    dsn: host=db user=x\n    password_file: {}\n",
+            file.display()
+        );
+        let c = parse(&ok, "ok.yml").expect("valid");
+        let pg = crate::collector::postgres::pg_config(&c.get().postgres[0]).expect("pg config");
+        assert_eq!(pg.get_password(), Some(&b"file-secret"[..]));
+        assert_eq!(pg.get_application_name(), Some("loopwatch"));
     }
 
     #[test]
