@@ -7,12 +7,14 @@
 #
 # Prints one Markdown table per section on stdout; raw logs (wrk output,
 # exporter logs) go to target/bench-run/. It builds in release mode, starts
-# only its own processes (ports 19001-19005), stops them by PID on exit, and
-# ends by itself: a watchdog stops it after RUN_DEADLINE seconds (600).
+# only its own processes (ports 19001-19006, 1,000 `sleep 600`), stops them
+# by PID on exit, and ends by itself: a watchdog stops it after
+# RUN_DEADLINE seconds (600). A run takes about 7.5 minutes with a warm build.
 #
 # Knobs (environment): N_FAST (2000 sequential scrapes for loopwatch and the
-# floor), N_SLOW (200 for the peers), N_PE_SLEEPERS (50: process-exporter
-# scrapes with 1,000 extra processes), WRK_SECS (15), SLEEPERS (1000),
+# floor), N_SLOW (200 for the peers), N_PE_SLEEPERS (30: process-exporter
+# scrapes with the extra processes), WRK_SECS (15), WRK_REPEAT (3 runs each
+# for loopwatch and the floor), WRK_REPEAT_GROUPS (2), SLEEPERS (1000),
 # IDLE_SECS (20), GROUP_IDLE_SECS (30), PROC_SCAN_SECS / PROC_SCAN_ROUNDS.
 set -euo pipefail
 
@@ -21,18 +23,21 @@ ROOT=$PWD
 
 N_FAST=${N_FAST:-2000}
 N_SLOW=${N_SLOW:-200}
-N_PE_SLEEPERS=${N_PE_SLEEPERS:-50}
+N_PE_SLEEPERS=${N_PE_SLEEPERS:-30}
 WRK_SECS=${WRK_SECS:-15}
 SLEEPERS=${SLEEPERS:-1000}
 IDLE_SECS=${IDLE_SECS:-20}
 GROUP_IDLE_SECS=${GROUP_IDLE_SECS:-30}
 RUN_DEADLINE=${RUN_DEADLINE:-600}
+WRK_REPEAT=${WRK_REPEAT:-3}
+WRK_REPEAT_GROUPS=${WRK_REPEAT_GROUPS:-2}
 
 PORT_LW=19001
 PORT_NODE=19002
 PORT_PE=19003
 PORT_FLOOR=19004
 PORT_LWG=19005
+PORT_LWN=19006
 
 NODE_EXPORTER=${NODE_EXPORTER:-/usr/bin/prometheus-node-exporter}
 PROCESS_EXPORTER=${PROCESS_EXPORTER:-/usr/bin/prometheus-process-exporter}
@@ -40,6 +45,7 @@ PROCESS_EXPORTER=${PROCESS_EXPORTER:-/usr/bin/prometheus-process-exporter}
 LOG=$ROOT/target/bench-run
 WORK=$(mktemp -d /tmp/loopwatch-bench.XXXXXX)
 mkdir -p "$LOG"
+rm -f "$LOG"/wrk-*.txt "$LOG"/proc_scan*.txt
 
 declare -A PID=()        # exporter name -> pid
 SLEEPER_PIDS=()
@@ -84,7 +90,7 @@ WATCHDOG=$!
 for tool in wrk curl ss awk getconf cargo "$NODE_EXPORTER" "$PROCESS_EXPORTER"; do
     command -v "$tool" >/dev/null || { say "run.sh: $tool not found"; exit 1; }
 done
-for p in $PORT_LW $PORT_NODE $PORT_PE $PORT_FLOOR $PORT_LWG; do
+for p in $PORT_LW $PORT_NODE $PORT_PE $PORT_FLOOR $PORT_LWG $PORT_LWN; do
     if [[ -n $(ss -Hltn "sport = :$p") ]]; then
         say "run.sh: port $p is in use; stop whatever listens there first"
         exit 1
@@ -133,12 +139,26 @@ scrape_n() { # port n
     echo "$(calc "$t1 - $t0") $(grep -cv '^200$' <<<"$codes" || true)"
 }
 
-# wrk with 32 connections; prints "p50_ms p99_ms rps non2xx socket_errors".
-wrk_run() { # name port [extra wrk args]
-    local name=$1 port=$2; shift 2
-    local out=$LOG/wrk-$name.txt
+# /proc/stat: "busy total" clock ticks of the whole machine.
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+
+# One wrk run with 32 connections against an exporter. Prints
+# "p50_ms p99_ms rps non2xx socket_errors exporter_cores wrk_cores others_cores":
+# the CPU (in cores) the exporter, wrk and everything else used meanwhile,
+# so interference from other work on the machine is visible.
+wrk_run() { # label port pid [extra wrk args]
+    local label=$1 port=$2 pid=$3; shift 3
+    local out=$LOG/wrk-$label.txt m0 m1 e0 e1 t0 t1 wrk_cpu
+    read -r -a m0 < <(machine_ticks); e0=$(ticks "$pid"); t0=$(now)
     wrk -t2 -c32 -d"${WRK_SECS}s" --latency "$@" "http://127.0.0.1:$port/metrics" >"$out" 2>&1 || true
-    awk '
+    t1=$(now); e1=$(ticks "$pid"); read -r -a m1 < <(machine_ticks)
+    # This runs in a subshell whose finished children are wrk and a few
+    # sed/awk; `times` must not run in a pipeline (a fork starts at zero).
+    times >"$WORK/times-$label"
+    wrk_cpu=$(awk 'NR == 2 {
+        split($1, u, /[ms]/); split($2, s, /[ms]/); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$WORK/times-$label")
+    awk -v secs="$(calc "$t1 - $t0")" -v exp_t="$((e1 - e0))" -v busy="$((m1[0] - m0[0]))" \
+        -v tck="$CLK_TCK" -v wrk_cpu="$wrk_cpu" '
         function ms(v) {
             if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
             if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
@@ -151,9 +171,15 @@ wrk_run() { # name port [extra wrk args]
         /^Requests\/sec:/ { rps = $2 }
         /Non-2xx or 3xx responses:/ { bad = $NF }
         /Socket errors:/ { gsub(",", ""); err = $4 + $6 + $8 + $10 }
-        END { printf "%s %s %s %s %s\n", (p50 == "" ? "?" : p50), (p99 == "" ? "?" : p99), (rps == "" ? "?" : rps), bad + 0, err + 0 }
+        END {
+            ex = exp_t / tck / secs; w = wrk_cpu / secs; other = busy / tck / secs - ex - w
+            printf "%s %s %s %d %d %.2f %.2f %.2f\n", (p50 == "" ? "?" : p50), (p99 == "" ? "?" : p99),
+                (rps == "" ? "?" : int(rps + 0.5)), bad, err, ex, w, (other < 0 ? 0 : other)
+        }
     ' "$out"
 }
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
 
 verdict() { # value bar (lower is better)
     awk -v v="$1" -v b="$2" 'BEGIN { if (v == "?" || v == "") print "?"; else if (v + 0 < b + 0) print "met"; else print "**MISSED**" }'
@@ -198,12 +224,19 @@ EOF
 
 say "run.sh: starting the exporters"
 start loopwatch $PORT_LW env -u LOOPWATCH_CONFIG "$LW" --web.listen-address "127.0.0.1:$PORT_LW" --web.max-requests 64
+start loopwatch_noexp $PORT_LWN env -u LOOPWATCH_CONFIG "$LW" --web.listen-address "127.0.0.1:$PORT_LWN" --web.max-requests 64 --web.disable-exporter-metrics
 start node_exporter $PORT_NODE "$NODE_EXPORTER" "--web.listen-address=127.0.0.1:$PORT_NODE"
 start process_exporter $PORT_PE "$PROCESS_EXPORTER" -web.listen-address "127.0.0.1:$PORT_PE" -config.path "$PE_CONFIG"
 start floor $PORT_FLOOR "$FLOOR" "127.0.0.1:$PORT_FLOOR"
-NAMES=(loopwatch node_exporter process_exporter floor)
-declare -A PORT=([loopwatch]=$PORT_LW [node_exporter]=$PORT_NODE [process_exporter]=$PORT_PE [floor]=$PORT_FLOOR)
-declare -A LABEL=([loopwatch]="loopwatch (default config)" [node_exporter]="prometheus-node-exporter (defaults)" [process_exporter]="prometheus-process-exporter (every process)" [floor]="floor (axum + prometheus, 1 counter)")
+NAMES=(loopwatch loopwatch_noexp node_exporter process_exporter floor)
+declare -A PORT=([loopwatch]=$PORT_LW [loopwatch_noexp]=$PORT_LWN [node_exporter]=$PORT_NODE [process_exporter]=$PORT_PE [floor]=$PORT_FLOOR)
+declare -A LABEL=(
+    [loopwatch]="loopwatch (default config)"
+    [loopwatch_noexp]="loopwatch --web.disable-exporter-metrics (diagnostic)"
+    [node_exporter]="prometheus-node-exporter (defaults)"
+    [process_exporter]="prometheus-process-exporter (every process)"
+    [floor]="floor (axum + prometheus, 1 counter)"
+)
 
 # ---------------------------------------------------------------- 1. idle RSS
 sleep 10
@@ -219,7 +252,7 @@ done
 
 echo "## 1. Idle memory: VmRSS 10 s after start, no scrape yet"
 echo
-echo "| exporter | VmRSS MB | idle CPU (% of one core, next ${IDLE_SECS} s) | bar |"
+echo "| exporter | VmRSS MB | idle CPU (% of one core, the next ${IDLE_SECS} s) | bar |"
 echo "| --- | ---: | ---: | --- |"
 for n in "${NAMES[@]}"; do
     mb=$(calc "${RSS0[$n]} / 1024")
@@ -230,12 +263,12 @@ echo
 
 # ---------------------------------------------------------------- 2. CPU per scrape
 say "run.sh: sequential scrapes"
-echo "## 2. CPU per scrape: N sequential scrapes on one keep-alive connection (curl), exporter's utime+stime minus its idle CPU over the same time"
+echo "## 2. CPU per scrape: N sequential scrapes on one keep-alive connection (curl), the exporter's utime+stime minus its idle CPU over the same time, divided by N"
 echo
 echo "| exporter | N | seconds | non-200 | response bytes | CPU ms total | idle ms subtracted | CPU ms per scrape | bar |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 for n in "${NAMES[@]}"; do
-    N=$N_SLOW; [[ $n == loopwatch || $n == floor ]] && N=$N_FAST
+    N=$N_SLOW; [[ $n == loopwatch* || $n == floor ]] && N=$N_FAST
     bytes=$(curl -s "http://127.0.0.1:${PORT[$n]}/metrics" | wc -c)
     c0=$(ticks "${PID[$n]}")
     read -r secs bad < <(scrape_n "${PORT[$n]}" "$N")
@@ -244,27 +277,41 @@ for n in "${NAMES[@]}"; do
     idle_ms=$(calc "${IDLE_RATE[$n]} * $secs * 1000")
     per=$(calc "($cpu_ms - $idle_ms) / $N")
     bar="-"; [[ $n == loopwatch ]] && bar="< 0.5 ms: $(verdict "$per" 0.5)"
-    echo "| ${LABEL[$n]} | $N | $(fmt "$secs" %.1f) | $bad | $bytes | $(fmt "$cpu_ms" %.0f) | $(fmt "$idle_ms" %.0f) | $(fmt "$per" %.3f) | $bar |"
+    echo "| ${LABEL[$n]} | $N | $(fmt "$secs" %.2f) | $bad | $bytes | $(fmt "$cpu_ms" %.0f) | $(fmt "$idle_ms" %.0f) | $(fmt "$per" %.3f) | $bar |"
 done
 echo
 
 # ---------------------------------------------------------------- 3. latency
 say "run.sh: wrk -c32, ${WRK_SECS} s each"
-echo "## 3. /metrics under 32 concurrent scrapers: wrk -t2 -c32 -d${WRK_SECS}s --latency (wrk runs on the same 2 cores)"
-echo
-echo "| exporter | p50 ms | p99 ms | requests/s | non-2xx | socket errors | bar |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
-for n in "${NAMES[@]}"; do
-    read -r p50 p99 rps bad err < <(wrk_run "$n" "${PORT[$n]}")
-    bar="-"; [[ $n == loopwatch ]] && bar="p99 < 10 ms: $(verdict "$p99" 10)"
-    echo "| ${LABEL[$n]} | $p50 | $p99 | $rps | $bad | $err | $bar |"
+# loopwatch and the floor run WRK_REPEAT times, interleaved, so that
+# interference from the rest of the machine hits both alike.
+ORDER=()
+for _ in $(seq "$WRK_REPEAT"); do ORDER+=(loopwatch floor); done
+ORDER+=(loopwatch_noexp node_exporter process_exporter)
+declare -A WRK_ROWS=() WRK_P99S=()
+i=0
+for n in "${ORDER[@]}"; do
+    i=$((i + 1))
+    read -r p50 p99 rps bad err ex w other < <(wrk_run "$n-$i" "${PORT[$n]}" "${PID[$n]}")
+    WRK_ROWS[$n]+="| ${LABEL[$n]} | $i | $p50 | $p99 | $rps | $bad | $err | $ex | $w | $other |"$'\n'
+    WRK_P99S[$n]+="$p99 "
 done
+echo "## 3. /metrics under 32 concurrent scrapers: wrk -t2 -c32 -d${WRK_SECS}s --latency"
+echo
+echo "wrk runs on the same 2 cores. loopwatch and the floor ran $WRK_REPEAT times each, alternating; the CPU columns are cores used during the run by the exporter, by wrk, and by everything else on the machine (interference)."
+echo
+echo "| exporter | run | p50 ms | p99 ms | requests/s | non-2xx | socket errors | exporter CPU (cores) | wrk CPU (cores) | others' CPU (cores) |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for n in loopwatch floor loopwatch_noexp node_exporter process_exporter; do printf '%s' "${WRK_ROWS[$n]}"; done
+echo
+LW_P99_MEDIAN=$(median <<<"${WRK_P99S[loopwatch]}")
+echo "loopwatch p99 over $WRK_REPEAT runs: ${WRK_P99S[loopwatch]% }ms; median $LW_P99_MEDIAN ms. Bar p99 < 10 ms: median $(verdict "$LW_P99_MEDIAN" 10), worst run $(verdict "$(tr ' ' '\n' <<<"${WRK_P99S[loopwatch]}" | sort -g | tail -1)" 10). Floor p99: ${WRK_P99S[floor]% }ms."
 echo
 echo "VmRSS after sections 2 and 3 (MB): $(for n in "${NAMES[@]}"; do printf '%s %s; ' "$n" "$(fmt "$(calc "$(rss_kb "${PID[$n]}") / 1024")" %.1f)"; done)"
 echo
 
-# The default-config loopwatch and the floor are done; fewer bystanders for section 4.
-for n in loopwatch node_exporter floor; do
+# Done with these; fewer bystanders for section 4.
+for n in loopwatch loopwatch_noexp node_exporter floor; do
     kill "${PID[$n]}" 2>/dev/null || true; wait "${PID[$n]}" 2>/dev/null || true; unset "PID[$n]"
 done
 
@@ -295,20 +342,31 @@ group_window() { # seconds -> "cpu_ms procs_before procs_after"
     c1=$(ticks "${PID[loopwatch_groups]}"); p1=$(nprocs)
     echo "$(calc "($c1 - $c0) * 1000 / $CLK_TCK") $p0 $p1"
 }
-durations() { # the collectors' last poll durations, ms
+durations() { # the groups' last poll durations and members
     curl -s "http://127.0.0.1:$PORT_LWG/metrics" | awk '
         /^loopwatch_collector_duration_seconds\{/ && /collector="processes"/ {
             match($0, /target="[^"]*"/); t = substr($0, RSTART + 8, RLENGTH - 9)
-            printf "%s %.1f ms; ", t, $NF * 1000
+            printf "%s poll %.1f ms; ", t, $NF * 1000
         }
-        /^loopwatch_processes\{/ { match($0, /group="[^"]*"/); g = substr($0, RSTART + 7, RLENGTH - 8); printf "%s: %d members; ", g, $NF }'
+        /^loopwatch_processes\{/ { match($0, /group="[^"]*"/); g = substr($0, RSTART + 7, RLENGTH - 8); printf "%s %d members; ", g, $NF }'
 }
+wrk_row() { # label name extra -> table row (wrk_run's columns)
+    local label=$1 name=$2 extra=$3; shift 3
+    read -r p50 p99 rps bad err ex w other < <(wrk_run "$label" "${PORT[$name]}" "${PID[$name]}" "$@")
+    echo "| ${LABEL[$name]} | $extra | $p50 | $p99 | $rps | $bad | $err | $ex | $w | $other |"
+}
+PORT[loopwatch_groups]=$PORT_LWG
+LABEL[loopwatch_groups]="loopwatch (2 groups, every 1 s)"
+LABEL[process_exporter]="prometheus-process-exporter (every process; wrk --timeout 30s)"
 
 say "run.sh: group polls without extra processes (${GROUP_IDLE_SECS} s)"
 read -r g0_ms g0_p0 g0_p1 < <(group_window "$GROUP_IDLE_SECS")
 g0_durations=$(durations)
-read -r lwg0_p50 lwg0_p99 lwg0_rps lwg0_bad lwg0_err < <(wrk_run loopwatch_groups_base $PORT_LWG)
-read -r pe0_p50 pe0_p99 pe0_rps pe0_bad pe0_err < <(wrk_run process_exporter_base $PORT_PE --timeout 30s)
+ROWS4B=""
+for r in $(seq "$WRK_REPEAT_GROUPS"); do
+    ROWS4B+="$(wrk_row "loopwatch_groups-base-$r" loopwatch_groups 0)"$'\n'
+done
+ROWS4B+="$(wrk_row process_exporter-base process_exporter 0 --timeout 30s)"$'\n'
 
 say "run.sh: starting $SLEEPERS sleep processes"
 for _ in $(seq "$SLEEPERS"); do
@@ -316,22 +374,26 @@ for _ in $(seq "$SLEEPERS"); do
     SLEEPER_PIDS+=($!)
 done
 sleep 3
+say "run.sh: group polls with the extra processes (${GROUP_IDLE_SECS} s)"
 read -r g1_ms g1_p0 g1_p1 < <(group_window "$GROUP_IDLE_SECS")
 g1_durations=$(durations)
 say "run.sh: proc_scan with the extra processes"
 PROC_SCAN_SECS=${PROC_SCAN_SECS:-0.3} PROC_SCAN_ROUNDS=${PROC_SCAN_ROUNDS:-3} \
     timeout 120 cargo bench --bench proc_scan 2>>"$LOG/proc_scan.err" >"$LOG/proc_scan-sleepers.txt" || say "run.sh: proc_scan (sleepers) failed"
-read -r lwg1_p50 lwg1_p99 lwg1_rps lwg1_bad lwg1_err < <(wrk_run loopwatch_groups_sleepers $PORT_LWG)
+for r in $(seq "$WRK_REPEAT_GROUPS"); do
+    ROWS4B+="$(wrk_row "loopwatch_groups-sleepers-$r" loopwatch_groups "$SLEEPERS")"$'\n'
+done
 
 say "run.sh: process-exporter with the extra processes"
-curl -s -o /dev/null --max-time 60 "http://127.0.0.1:$PORT_PE/metrics" || true  # let it see the new processes once
+curl -s -o /dev/null --max-time 60 "http://127.0.0.1:$PORT_PE/metrics" || true # it sees the new processes once
 pe_c0=$(ticks "${PID[process_exporter]}")
 read -r pe_secs pe_bad < <(scrape_n $PORT_PE "$N_PE_SLEEPERS")
 pe_c1=$(ticks "${PID[process_exporter]}")
 pe_cpu_ms=$(calc "($pe_c1 - $pe_c0) * 1000 / $CLK_TCK - ${IDLE_RATE[process_exporter]} * $pe_secs * 1000")
-read -r pe1_p50 pe1_p99 pe1_rps pe1_bad pe1_err < <(wrk_run process_exporter_sleepers $PORT_PE --timeout 30s)
+pe_procs=$(nprocs)
+ROWS4B+="$(wrk_row process_exporter-sleepers process_exporter "$SLEEPERS" --timeout 30s)"$'\n'
 
-POLLS=$(calc "$GROUP_IDLE_SECS / 1")  # both groups poll every 1 s
+POLLS=$GROUP_IDLE_SECS # both groups poll every 1 s
 LW_IDLE=${IDLE_RATE[loopwatch]}
 per_poll() { # cpu_ms -> net ms per poll tick
     calc "($1 - $LW_IDLE * $GROUP_IDLE_SECS * 1000) / $POLLS"
@@ -342,27 +404,26 @@ per_proc_us() { # cpu_ms p0 p1 -> µs per process per poll tick
 
 echo "## 4. Process groups: loopwatch with groups 'sleepers' {comm: [sleep]} and 'shells' {cmdline: [bash]}, both every 1 s"
 echo
-echo "### 4a. loopwatch's CPU for polling, ${GROUP_IDLE_SECS} s without scrapes (idle CPU of the default-config loopwatch, $(fmt "$(calc "$LW_IDLE * 1000")" %.1f) ms/s, subtracted; one poll tick = both groups, which share one /proc scan when polled within 500 ms)"
+echo "### 4a. loopwatch's CPU for polling, ${GROUP_IDLE_SECS} s without scrapes"
 echo
-echo "| situation | /proc processes | CPU ms in ${GROUP_IDLE_SECS} s | net ms per poll tick | net µs per process per poll tick | last poll durations and members |"
+echo "The idle CPU of the default-config loopwatch ($(fmt "$(calc "$LW_IDLE * 1000")" %.2f) ms/s, section 1) is subtracted. One poll tick = both groups, which share one /proc scan (they are polled at the same instants; the scan is shared for 500 ms). The 'shells' group matches on cmdline, so every scan also reads every process's cmdline; each member of a group also has its fd/ directory counted and its limits read."
+echo
+echo "| situation | /proc processes | CPU ms in ${GROUP_IDLE_SECS} s | net ms per poll tick | net µs per process per poll tick | last polls (loopwatch_collector_duration_seconds) and members |"
 echo "| --- | ---: | ---: | ---: | ---: | --- |"
 echo "| no extra processes | $(calc "int(($g0_p0 + $g0_p1) / 2)") | $(fmt "$g0_ms" %.0f) | $(fmt "$(per_poll "$g0_ms")" %.2f) | $(fmt "$(per_proc_us "$g0_ms" "$g0_p0" "$g0_p1")" %.2f) | $g0_durations |"
 echo "| +$SLEEPERS sleep processes | $(calc "int(($g1_p0 + $g1_p1) / 2)") | $(fmt "$g1_ms" %.0f) | $(fmt "$(per_poll "$g1_ms")" %.2f) | $(fmt "$(per_proc_us "$g1_ms" "$g1_p0" "$g1_p1")" %.2f) | $g1_durations |"
 echo
-echo "Bare scan (proc_scan (a), section 0): ${BARE_US:-?} µs CPU per process. With the $SLEEPERS extra processes (cargo bench --bench proc_scan, PROC_SCAN_SECS=0.3 PROC_SCAN_ROUNDS=3):"
+echo "For comparison, proc_scan with the $SLEEPERS extra processes running (PROC_SCAN_SECS=0.3 PROC_SCAN_ROUNDS=3 cargo bench --bench proc_scan; hot loop, unlike the once-a-second polls above):"
 echo
 grep -v '^PROC_SCAN_' "$LOG/proc_scan-sleepers.txt" | sed -n '/^| variant/,/^$/p' || echo "(proc_scan failed; see $LOG/proc_scan.err)"
 echo
 echo "### 4b. Scrapes with and without the extra processes: wrk -t2 -c32 -d${WRK_SECS}s --latency"
 echo
-echo "| exporter | extra processes | p50 ms | p99 ms | requests/s | non-2xx | socket errors |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-echo "| loopwatch (groups) | 0 | $lwg0_p50 | $lwg0_p99 | $lwg0_rps | $lwg0_bad | $lwg0_err |"
-echo "| loopwatch (groups) | $SLEEPERS | $lwg1_p50 | $lwg1_p99 | $lwg1_rps | $lwg1_bad | $lwg1_err |"
-echo "| prometheus-process-exporter (every process, --timeout 30s) | 0 | $pe0_p50 | $pe0_p99 | $pe0_rps | $pe0_bad | $pe0_err |"
-echo "| prometheus-process-exporter (every process, --timeout 30s) | $SLEEPERS | $pe1_p50 | $pe1_p99 | $pe1_rps | $pe1_bad | $pe1_err |"
+echo "| exporter | extra processes | p50 ms | p99 ms | requests/s | non-2xx | socket errors | exporter CPU (cores) | wrk CPU (cores) | others' CPU (cores) |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+printf '%s' "$ROWS4B"
 echo
-echo "prometheus-process-exporter with +$SLEEPERS processes: $N_PE_SLEEPERS sequential scrapes in $(fmt "$pe_secs" %.1f) s, $pe_bad non-200, $(fmt "$(calc "$pe_cpu_ms / $N_PE_SLEEPERS")" %.2f) ms CPU per scrape (idle subtracted), $(fmt "$(calc "$pe_cpu_ms / $N_PE_SLEEPERS / $(nprocs) * 1000")" %.2f) µs per process per scrape."
+echo "prometheus-process-exporter with +$SLEEPERS processes ($pe_procs in /proc): $N_PE_SLEEPERS sequential scrapes in $(fmt "$pe_secs" %.1f) s, $pe_bad non-200, $(fmt "$(calc "$pe_cpu_ms / $N_PE_SLEEPERS")" %.1f) ms CPU per scrape (idle subtracted), $(fmt "$(calc "$pe_cpu_ms / $N_PE_SLEEPERS / $pe_procs * 1000")" %.1f) µs per process per scrape."
 echo
 echo "VmRSS at the end (MB): loopwatch (groups) $(fmt "$(calc "$(rss_kb "${PID[loopwatch_groups]}") / 1024")" %.1f); process-exporter $(fmt "$(calc "$(rss_kb "${PID[process_exporter]}") / 1024")" %.1f)"
 echo

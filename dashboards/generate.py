@@ -67,9 +67,14 @@ class Board:
         self.panels.append(panel)
         return panel
 
-    def row(self, title):
-        self.add({"type": "row", "title": title, "id": self.nid(), "collapsed": False,
-                  "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y}, "panels": []})
+    def row(self, title, repeat=None):
+        """A row; with `repeat`, Grafana repeats it and the panels under it
+        (up to the next row) once per selected value of that variable."""
+        r = {"type": "row", "title": title, "id": self.nid(), "collapsed": False,
+             "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y}, "panels": []}
+        if repeat:
+            r["repeat"] = repeat
+        self.add(r)
         self.y += 1
 
     def timeseries(self, title, desc, unit, targets, x, w, h=8, steps=None, minv=None, maxv=None,
@@ -107,6 +112,24 @@ class Board:
                         "colorMode": "background", "graphMode": graph, "justifyMode": "auto",
                         "orientation": "auto", "textMode": text_mode, "wideLayout": True,
                         "showPercentChange": False},
+            "targets": targets})
+
+    def gauge(self, title, desc, unit, targets, x, w, h=6, steps=None, minv=None, maxv=None, decimals=None):
+        d = {"unit": unit, "color": {"mode": "thresholds"},
+             "thresholds": thresholds(steps or [("green", None)]), "mappings": []}
+        if minv is not None:
+            d["min"] = minv
+        if maxv is not None:
+            d["max"] = maxv
+        if decimals is not None:
+            d["decimals"] = decimals
+        return self.add({
+            "type": "gauge", "title": title, "description": desc, "datasource": DS,
+            "id": self.nid(), "gridPos": self.grid(x, w, h),
+            "fieldConfig": {"defaults": d, "overrides": []},
+            "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                        "orientation": "auto", "showThresholdLabels": False, "showThresholdMarkers": True,
+                        "sizing": "auto", "minVizWidth": 75, "minVizHeight": 75},
             "targets": targets})
 
     def table(self, title, desc, unit, targets, x, w, h, transformations, overrides=None, mappings=None,
@@ -320,7 +343,8 @@ def overview():
          qvar("group", "Process group", 'label_values(loopwatch_processes{job=~"$job", instance=~"$instance"}, group)', True, True,
               "Process groups configured in the processes section.")],
         [RUNBOOKS_LINK,
-         link_to("Event loops", "loopwatch-event-loops", "Apps' event loops: stalls, lag, tasks, pools, rate limits, ingest")])
+         link_to("Event loops", "loopwatch-event-loops", "Apps' event loops: stalls, lag, tasks, pools, rate limits, ingest"),
+         link_to("Database", "loopwatch-database", "PostgreSQL connections, PgBouncer and apps' connection pools")])
 
 
 # ======================================================================= Event loops
@@ -452,12 +476,169 @@ def event_loops():
          qvar("loop", "Loop", 'label_values(loopwatch_loop_lag_seconds_count{job=~"$job", instance=~"$instance", app_name=~"$app_name"}, loop)', True, True,
               "Loops of the selected apps.")],
         [RUNBOOKS_LINK,
-         link_to("Overview", "loopwatch-overview", "loopwatch itself, its own runtime and the process groups")])
+         link_to("Overview", "loopwatch-overview", "loopwatch itself, its own runtime and the process groups"),
+         link_to("Database", "loopwatch-database", "PostgreSQL connections, PgBouncer and apps' connection pools")])
+
+
+# ======================================================================= Database
+
+def dashed(regex, color=None):
+    """An override that draws the series whose legend matches `regex` as an unfilled dashed line."""
+    props = [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+             {"id": "custom.fillOpacity", "value": 0},
+             {"id": "custom.stacking", "value": {"mode": "none", "group": "A"}}]
+    if color:
+        props.append({"id": "color", "value": {"mode": "fixed", "fixedColor": color}})
+    return {"matcher": {"id": "byRegexp", "options": regex}, "properties": props}
+
+
+def database():
+    PG = SEL + ', target=~"$target"'
+    PGB = SEL + ', target=~"$pgbouncer"'
+    APP = SEL + ', app_name=~"$app_name"'
+    IN_USE = f'sum by (instance, target) (loopwatch_pg_connections{{{PG}}})'
+    USABLE = f'(loopwatch_pg_max_connections{{{PG}}} - loopwatch_pg_reserved_connections{{{PG}}})'
+    USED = f'{IN_USE} / on (instance, target) {USABLE}'
+    TGT = "{{target}} {{instance}}"
+    b = Board()
+
+    # ------------------------------------------------------------ Now
+    b.row("Now")
+    b.stat("PostgreSQL up", "Whether loopwatch's last poll of each selected PostgreSQL target succeeded (loopwatch_pg_up). DOWN: the server is down, refuses loopwatch's connection or login, or hangs; its connection panels are empty (never zeros) until it answers. For 1 minute it fires LoopwatchPostgresDown.",
+           "none", [target(f'loopwatch_pg_up{{{PG}}}', TGT, instant=True)], 0, 6, h=6,
+           steps=[("red", None), ("green", 1)], mappings=okmap("UP", "DOWN"), text_mode="value_and_name")
+    b.gauge("Connections used of usable", "Client connections in use on each target (loopwatch_pg_connections, all states, loopwatch's own included) as a share of those applications may open: loopwatch_pg_max_connections - loopwatch_pg_reserved_connections. At 100% new connections fail with \"remaining connection slots are reserved\" or \"too many clients already\"; superusers may go above it. Over 80% for 5 minutes fires LoopwatchPostgresConnectionsHigh, over 95% for 2 minutes LoopwatchPostgresConnectionsExhausted.",
+            "percentunit", [target(USED, TGT, instant=True)], 6, 6, h=6,
+            steps=[("green", None), ("orange", 0.8), ("red", 0.95)], minv=0, maxv=1)
+    b.stat("Connection budget used", "The maxima of the selected apps' client pools added up (sum of loopwatch_pool_max) as a share of the connections applications may open on each target (max_connections - reserved). Over 100%, the pools together may open more connections than the server accepts: an overcommit that fails only under load. It assumes every pool shown connects to this server (directly, not through PgBouncer): narrow the App variable to those that do. loopwatch's own pools are app loopwatch, one pool per target.",
+           "percentunit", [target(f'sum(loopwatch_pool_max{{{APP}}}) / on () group_right () {USABLE}', TGT, instant=True)], 12, 6, h=6,
+           steps=[("green", None), ("orange", 0.8), ("red", 1)], text_mode="value_and_name")
+    b.stat("PgBouncer up", "Whether loopwatch's last poll of each selected PgBouncer admin console succeeded (loopwatch_pgbouncer_up). DOWN: PgBouncer is down, hangs, or refuses loopwatch's login to its console (check the stats_users setting); its panels below are empty until it answers. For 1 minute it fires LoopwatchPgBouncerDown.",
+           "none", [target(f'loopwatch_pgbouncer_up{{{PGB}}}', TGT, instant=True)], 18, 6, h=6,
+           steps=[("red", None), ("green", 1)], mappings=okmap("UP", "DOWN"), text_mode="value_and_name")
+    b.down(6)
+
+    # ------------------------------------------------------------ PostgreSQL, one row per target
+    b.row("PostgreSQL $target", repeat="target")
+    b.timeseries("Connections in use vs usable", "Client connections in use (sum of loopwatch_pg_connections, all states, loopwatch's own included) against the connections applications may open (max_connections - reserved, dashed red) and the server's max_connections (dashed grey; the difference is reserved for superusers). The gap to the red line is the headroom.",
+                 "short", [target(IN_USE, "in use " + TGT, "A"),
+                           target(USABLE, "usable " + TGT, "B"),
+                           target(f'loopwatch_pg_max_connections{{{PG}}}', "max_connections " + TGT, "C")], 0, 12, minv=0,
+                 overrides=[dashed("^usable ", "red"), dashed("^max_connections ", "text")])
+    b.timeseries("Share of usable connections in use", "Connections in use as a share of those applications may open (loopwatch_pg_connections / (loopwatch_pg_max_connections - loopwatch_pg_reserved_connections)). The lines mark the alerts: over 80% for 5 minutes fires LoopwatchPostgresConnectionsHigh, over 95% for 2 minutes LoopwatchPostgresConnectionsExhausted.",
+                 "percentunit", [target(USED, TGT)], 12, 12, minv=0,
+                 steps=[("green", None), ("orange", 0.8), ("red", 0.95)])
+    b.down(8)
+    b.timeseries("Connections by application", "Client connections by application_name, stacked (loopwatch_pg_connections): who holds the server's connections. An empty application_name is an app that does not set one (set it in the DSN); other: label sets beyond the collector's max_connection_series.",
+                 "short", [target(f'sum by (instance, target, application_name) (loopwatch_pg_connections{{{PG}}})', "{{application_name}} " + TGT)], 0, 12, stack=True, minv=0)
+    b.timeseries("Connections by state", "Client connections by state, stacked (loopwatch_pg_connections): active runs a query; idle waits in a pool; idle in transaction holds a transaction open between queries (and its locks) and is a leak when it lasts.",
+                 "short", [target(f'sum by (instance, target, state) (loopwatch_pg_connections{{{PG}}})', "{{state}} " + TGT)], 12, 12, stack=True, minv=0,
+                 overrides=[{"matcher": {"id": "byRegexp", "options": "^idle in transaction"},
+                             "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "orange"}}]},
+                            {"matcher": {"id": "byRegexp", "options": "^active "},
+                             "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "green"}}]}])
+    b.down(8)
+    b.table("Connections now", "Client connections right now by application_name, user, database and state (loopwatch_pg_connections), most first: the table to read when connections run out.",
+            "short", [target(f'sort_desc(sum by (application_name, user, database, state) (loopwatch_pg_connections{{{PG}}}))', "", instant=True, fmt="table")],
+            0, 12, 8,
+            [{"id": "organize", "options": {"excludeByName": {"Time": True},
+                                            "indexByName": {"application_name": 0, "user": 1, "database": 2, "state": 3, "Value": 4},
+                                            "renameByName": {"Value": "Connections"}}},
+             {"id": "sortBy", "options": {"fields": {}, "sort": [{"field": "Connections", "desc": True}]}}],
+            overrides=[{"matcher": {"id": "byName", "options": "Connections"},
+                        "properties": [{"id": "decimals", "value": 0},
+                                       {"id": "custom.cellOptions", "value": {"type": "gauge", "mode": "basic"}}]}])
+    b.timeseries("Idle in transaction", "Sessions idle inside an open transaction, by application_name and state (loopwatch_pg_connections, state idle in transaction and idle in transaction (aborted)): each holds a connection, its locks and the oldest snapshot. A steady count is a code path that does not commit or roll back, or an app that awaits something else mid-transaction.",
+                 "short", [target(f'sum by (instance, target, application_name, state) (loopwatch_pg_connections{{{PG}, state=~"idle in transaction.*"}})', "{{application_name}} {{state}} " + TGT)], 12, 12, minv=0)
+    b.down(8)
+    b.timeseries("Oldest idle in transaction", "How long the oldest idle-in-transaction session has been idle (loopwatch_pg_oldest_idle_in_transaction_seconds; 0 when none). Over 5 minutes for 5 minutes fires LoopwatchPostgresIdleInTransaction.",
+                 "s", [target(f'loopwatch_pg_oldest_idle_in_transaction_seconds{{{PG}}}', TGT)], 0, 6, minv=0,
+                 steps=[("green", None), ("orange", 300)])
+    b.timeseries("Oldest transaction", "Age of the oldest open transaction, running or idle (loopwatch_pg_oldest_transaction_seconds; 0 when none). A long one holds locks and keeps vacuum from removing dead rows in every table.",
+                 "s", [target(f'loopwatch_pg_oldest_transaction_seconds{{{PG}}}', TGT)], 6, 6, minv=0,
+                 steps=[("green", None), ("orange", 300)])
+    b.timeseries("Lock waiters", "Sessions waiting for a lock at each poll (loopwatch_pg_lock_waiters). Waiters at every poll for 5 minutes fire LoopwatchPostgresLockWaiters; the runbook has the query that shows who blocks whom.",
+                 "short", [target(f'loopwatch_pg_lock_waiters{{{PG}}}', TGT)], 12, 6, minv=0,
+                 steps=[("green", None), ("red", 1)])
+    b.timeseries("Slow queries", "Queries running longer than the target's slow_query_threshold (default 2s) at each poll (loopwatch_pg_slow_queries). Slow queries hold their connections longer, so they often come before the connections run out.",
+                 "short", [target(f'loopwatch_pg_slow_queries{{{PG}}}', TGT)], 18, 6, minv=0,
+                 steps=[("green", None), ("orange", 1)])
+    b.down(8)
+
+    # ------------------------------------------------------------ PgBouncer
+    b.row("PgBouncer")
+    b.timeseries("Clients by state", "Client connections of each PgBouncer pool by state (loopwatch_pgbouncer_clients): active clients are linked to a server connection or idle; waiting clients (red) have sent a query and queue for a server connection. Waiting now and then is what PgBouncer is for; waiting at every poll means the pool is too small for the load.",
+                 "short", [target(f'sum by (instance, target, database, state) (loopwatch_pgbouncer_clients{{{PGB}}})', "{{state}} {{database}} " + TGT)], 0, 12, minv=0,
+                 overrides=[{"matcher": {"id": "byRegexp", "options": "^waiting "},
+                             "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+                                            {"id": "custom.lineWidth", "value": 2},
+                                            {"id": "custom.fillOpacity", "value": 30}]}])
+    b.timeseries("Servers by state", "Server connections from PgBouncer to PostgreSQL by database and state, stacked (loopwatch_pgbouncer_servers): active linked to a client, idle ready for reuse, used waiting for server_check_query, tested being checked, login logging in. These are the connections PostgreSQL sees from PgBouncer.",
+                 "short", [target(f'sum by (instance, target, database, state) (loopwatch_pgbouncer_servers{{{PGB}}})', "{{state}} {{database}} " + TGT)], 12, 12, stack=True, minv=0)
+    b.down(8)
+    b.timeseries("Longest client wait", "How long the oldest waiting client of each pool has waited for a server connection (loopwatch_pgbouncer_max_wait_seconds; 0 when none waits). Over 1s for 2 minutes fires LoopwatchPgBouncerClientsWaiting.",
+                 "s", [target(f'loopwatch_pgbouncer_max_wait_seconds{{{PGB}}}', "{{database}}/{{user}} " + TGT)], 0, 8, minv=0,
+                 steps=[("green", None), ("red", 1)])
+    b.timeseries("Servers vs pool size", "Server connections per database (sum of loopwatch_pgbouncer_servers, all states) against the database's server pool size (loopwatch_pgbouncer_pool_size, dashed). Servers at the pool size with clients waiting: raise pool_size, within PostgreSQL's usable connections.",
+                 "short", [target(f'sum by (instance, target, database) (loopwatch_pgbouncer_servers{{{PGB}}})', "servers {{database}} " + TGT, "A"),
+                           target(f'loopwatch_pgbouncer_pool_size{{{PGB}}}', "pool size {{database}} " + TGT, "B")], 8, 8, minv=0,
+                 overrides=[dashed("^pool size ")])
+    b.timeseries("Clients vs max_client_conn", "All client connections of each PgBouncer (sum of loopwatch_pgbouncer_clients) against its max_client_conn (loopwatch_pgbouncer_max_client_connections, dashed red); beyond it PgBouncer refuses new clients.",
+                 "short", [target(f'sum by (instance, target) (loopwatch_pgbouncer_clients{{{PGB}}})', "clients " + TGT, "A"),
+                           target(f'loopwatch_pgbouncer_max_client_connections{{{PGB}}}', "max_client_conn " + TGT, "B")], 16, 8, minv=0,
+                 overrides=[dashed("^max_client_conn ", "red")])
+    b.down(8)
+
+    # ------------------------------------------------------------ Pools
+    b.row("Pools")
+    WHO = "{{app_name}}/{{pool}} {{instance}}"
+    b.timeseries("Pool connections in use vs max", "Connections checked out of each client-side pool (loopwatch_pool_in_use, solid) against its maximum (loopwatch_pool_max, dashed), as apps report them; loopwatch's own pools are app loopwatch, one per target. In use at max with callers waiting for 1 minute fires LoopwatchPoolStarved.",
+                 "short", [target(f'loopwatch_pool_in_use{{{APP}}}', "in use " + WHO, "A"),
+                           target(f'loopwatch_pool_max{{{APP}}}', "max " + WHO, "B")], 0, 12, minv=0,
+                 overrides=[dashed("^max ")])
+    b.timeseries("Pool waiters", "Callers waiting for a connection of each pool (loopwatch_pool_waiting). Waiting while the pool is at its maximum means requests queue for the pool (LoopwatchPoolStarved): raise its maximum within the connection budget, or hold connections for less time.",
+                 "short", [target(f'loopwatch_pool_waiting{{{APP}}}', WHO)], 12, 12, minv=0,
+                 steps=[("green", None), ("red", 1)])
+    b.down(8)
+    b.timeseries("Connection budget", "The maxima of the selected pools, stacked (loopwatch_pool_max), against the connections applications may open on each selected PostgreSQL target (max_connections - reserved, dashed red). A stack above the line is an overcommit: under enough load the pools together ask for more connections than the server accepts, and the last ones fail. It assumes every pool shown connects to this server directly: narrow the App variable to those that do (pools behind PgBouncer count against PgBouncer's pool size instead). Each replica or worker process of an app has its own pool.",
+                 "short", [target(f'loopwatch_pool_max{{{APP}}}', WHO, "A"),
+                           target(USABLE, "usable " + TGT, "B")], 0, 16, stack=True, minv=0,
+                 overrides=[dashed("^usable ", "red")])
+    b.table("Pools now", "Each client-side pool as last reported (loopwatch_pool_size: connections open, loopwatch_pool_max, loopwatch_pool_in_use, loopwatch_pool_waiting).",
+            "short", [target(f'loopwatch_pool_size{{{APP}}}', "", "A", instant=True, fmt="table"),
+                      target(f'loopwatch_pool_max{{{APP}}}', "", "B", instant=True, fmt="table"),
+                      target(f'loopwatch_pool_in_use{{{APP}}}', "", "C", instant=True, fmt="table"),
+                      target(f'loopwatch_pool_waiting{{{APP}}}', "", "D", instant=True, fmt="table")],
+            16, 8, 8,
+            [{"id": "merge", "options": {}},
+             {"id": "organize", "options": {"excludeByName": {"Time": True, "job": True, "__name__": True},
+                                            "indexByName": {"instance": 0, "app_name": 1, "pool": 2, "Value #A": 3, "Value #B": 4, "Value #C": 5, "Value #D": 6},
+                                            "renameByName": {"Value #A": "Open", "Value #B": "Max", "Value #C": "In use", "Value #D": "Waiting"}}}],
+            overrides=[{"matcher": {"id": "byName", "options": "Waiting"},
+                        "properties": [{"id": "thresholds", "value": thresholds([("green", None), ("red", 1)])},
+                                       {"id": "custom.cellOptions", "value": {"type": "color-text"}}]}])
+    b.down(8)
+
+    return dashboard(
+        "loopwatch / Database", "loopwatch-database",
+        "PostgreSQL connections against max_connections and who holds them, idle transactions, locks and slow queries; PgBouncer queues; apps' connection pools and their budget against the server.",
+        b.panels,
+        [DATASOURCE_VAR, JOB_VAR, INSTANCE_VAR,
+         qvar("target", "PostgreSQL", 'label_values(loopwatch_pg_up{job=~"$job", instance=~"$instance"}, target)', True, True,
+              "PostgreSQL targets configured in the postgres section; the PostgreSQL row repeats once per selected target."),
+         qvar("pgbouncer", "PgBouncer", 'label_values(loopwatch_pgbouncer_up{job=~"$job", instance=~"$instance"}, target)', True, True,
+              "PgBouncer targets configured in the pgbouncer section."),
+         qvar("app_name", "App", 'label_values(loopwatch_pool_max{job=~"$job", instance=~"$instance"}, app_name)', True, True,
+              "Apps that report client pools (loopwatch's own pools are the app loopwatch). For the connection budget, select those whose pools connect to the selected server.")],
+        [RUNBOOKS_LINK,
+         link_to("Overview", "loopwatch-overview", "loopwatch itself, its own runtime and the process groups"),
+         link_to("Event loops", "loopwatch-event-loops", "Apps' event loops: stalls, lag, tasks, pools, rate limits, ingest")])
 
 
 DASHBOARDS = {
     "loopwatch-overview.json": overview,
     "loopwatch-event-loops.json": event_loops,
+    "loopwatch-database.json": database,
 }
 
 

@@ -91,7 +91,9 @@ fn main() {
             sent
         }
         _ => {
-            eprintln!("usage: ingest_load paced ADDR LOOPS RATE SECONDS | udp ADDR SECONDS | http ADDR SECONDS");
+            eprintln!(
+                "usage: ingest_load paced ADDR LOOPS RATE SECONDS | udp ADDR SECONDS | http ADDR SECONDS"
+            );
             std::process::exit(2);
         }
     };

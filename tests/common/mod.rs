@@ -2,6 +2,8 @@
 //! speak plain HTTP/1.1 to it, and run promtool.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
