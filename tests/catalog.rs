@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use common::pg::{PgBouncer, PgCluster};
 use common::*;
 use regex::Regex;
 
@@ -46,20 +47,36 @@ fn documented() -> BTreeSet<String> {
 
 /// The binary, with every collector this build has, and its families.
 fn exported() -> (String, BTreeSet<String>) {
+    let cluster = PgCluster::start();
+    let bouncer = PgBouncer::start(&cluster, "transaction", 2);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("loopwatch.yml");
     std::fs::write(
         &config,
-        "processes:
+        format!(
+            "postgres:
+  - name: db
+    dsn: '{}'
+    interval: 200ms
+    timeout: 200ms
+pgbouncer:
+  - name: bouncer
+    dsn: '{}'
+    interval: 200ms
+    timeout: 200ms
+processes:
   - name: itself
     interval: 200ms
     timeout: 200ms
-    match: {cmdline: ['loopwatch.*--config\\.file']}
+    match: {{cmdline: ['loopwatch.*--config\\.file']}}
   - name: absent
     interval: 200ms
     timeout: 200ms
-    match: {comm: [no-such-proc-x]}
+    match: {{comm: [no-such-proc-x]}}
 ",
+            cluster.dsn("postgres", ""),
+            bouncer.admin_dsn()
+        ),
     )
     .expect("config");
     let lw = Exporter::start(&["--config.file", config.to_str().expect("utf8")]);
