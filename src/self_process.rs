@@ -5,7 +5,11 @@
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use procfs::process::{LimitValue, Process};
+use std::path::Path;
+
+use procfs::process::Process;
+
+use crate::collector::processes::soft_fd_limit;
 
 use crate::metrics::FamilyBuilder;
 
@@ -36,6 +40,8 @@ const FAMILIES: [(&str, &str); 7] = [
 
 pub struct SelfProcess {
     descs: Vec<Desc>,
+    /// Opened once: `/proc/self` does not change.
+    me: Option<Process>,
     ticks_per_second: f64,
     page_size: f64,
     /// Start time does not change; computed once.
@@ -64,6 +70,7 @@ impl SelfProcess {
             + procfs::boot_time_secs().unwrap_or_default() as f64;
         Self {
             descs,
+            me: Process::myself().ok(),
             ticks_per_second,
             page_size: procfs::page_size() as f64,
             start_time,
@@ -84,7 +91,7 @@ impl Collector for SelfProcess {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let mut b = FamilyBuilder::default();
-        let Ok(me) = Process::myself() else {
+        let Some(me) = &self.me else {
             return Vec::new();
         };
         let help = |i: usize| FAMILIES[i].1;
@@ -107,12 +114,13 @@ impl Collector for SelfProcess {
         if let Ok(n) = me.fd_count() {
             b.gauge(FAMILIES[1].0, help(1), &[], n as f64);
         }
-        if let Ok(limits) = me.limits() {
-            let max = match limits.max_open_files.soft_limit {
-                LimitValue::Value(v) => v as f64,
-                LimitValue::Unlimited => f64::INFINITY,
-            };
-            b.gauge(FAMILIES[2].0, help(2), &[], max);
+        if let Ok(limit) = soft_fd_limit(Path::new("/proc/self/limits")) {
+            b.gauge(
+                FAMILIES[2].0,
+                help(2),
+                &[],
+                limit.map_or(f64::INFINITY, |v| v as f64),
+            );
         }
         b.gauge(FAMILIES[5].0, help(5), &[], self.start_time);
         b.finish()

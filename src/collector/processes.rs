@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use procfs::FromRead;
-use procfs::process::{LimitValue, Limits, Stat};
+use procfs::process::Stat;
 use regex::RegexSet;
 
 use super::{BoxFuture, Built, CollectError, Job, Periodic, Reason, Shared};
@@ -292,6 +292,8 @@ struct GroupState {
     cpu_seen: HashMap<(i32, u64), u64>,
     cpu_ticks_total: u64,
     restarts: u64,
+    /// Soft fd limit per process identity.
+    fd_limits: HashMap<(i32, u64), Option<u64>>,
     errors: ReadErrors,
 }
 
@@ -371,29 +373,43 @@ impl Periodic for ProcessGroup {
     }
 }
 
-/// fds and the fd limit of one process.
-fn fd_usage(pid: i32, errors: &mut ReadErrors) -> Option<(u64, Option<u64>)> {
-    let dir = format!("/proc/{pid}");
-    let open = match std::fs::read_dir(format!("{dir}/fd")) {
+/// The soft "Max open files" limit from a `/proc/PID/limits` file; `None`
+/// when unlimited. Parsed by hand: the one line is all we need, and the
+/// full parse costs more than the read.
+pub fn soft_fd_limit(limits_file: &Path) -> std::io::Result<Option<u64>> {
+    let text = std::fs::read_to_string(limits_file)?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .ok_or_else(|| std::io::Error::other("no Max open files line"))?;
+    Ok(line.split_whitespace().next().and_then(|v| v.parse().ok()))
+}
+
+/// Open fds of one process, and its fd limit, read once per process
+/// identity (limits rarely change; re-reading them dominated the poll).
+fn fd_usage(
+    p: &ProcInfo,
+    limits: &mut HashMap<(i32, u64), Option<u64>>,
+    errors: &mut ReadErrors,
+) -> Option<(u64, Option<u64>)> {
+    let dir = PathBuf::from(format!("/proc/{}", p.pid));
+    let open = match std::fs::read_dir(dir.join("fd")) {
         Ok(entries) => entries.count() as u64,
         Err(e) => {
             errors.count(&e);
             return None;
         }
     };
-    let limit = match std::fs::read(format!("{dir}/limits")) {
-        Ok(raw) => {
-            Limits::from_read(&raw[..])
-                .ok()
-                .and_then(|l| match l.max_open_files.soft_limit {
-                    LimitValue::Value(v) => Some(v),
-                    LimitValue::Unlimited => None,
-                })
-        }
-        Err(e) => {
-            errors.count(&e);
-            None
-        }
+    let id = (p.pid, p.starttime);
+    let limit = match limits.get(&id) {
+        Some(limit) => *limit,
+        None => match soft_fd_limit(&dir.join("limits")) {
+            Ok(limit) => *limits.entry(id).or_insert(limit),
+            Err(e) => {
+                errors.count(&e);
+                None
+            }
+        },
     };
     Some((open, limit))
 }
@@ -435,6 +451,7 @@ fn sample_group(
         state.restarts += joined;
     }
     state.first_poll_done = true;
+    state.fd_limits.retain(|id, _| cpu_seen.contains_key(id));
     state.cpu_seen = cpu_seen;
 
     let mut b = FamilyBuilder::default();
@@ -492,7 +509,7 @@ fn sample_group(
         // process has its own limit, and a sum would hide one leaking worker.
         let worst = members
             .iter()
-            .filter_map(|p| fd_usage(p.pid, &mut errors))
+            .filter_map(|p| fd_usage(p, &mut state.fd_limits, &mut errors))
             .max_by(|a, b| {
                 let ratio = |(open, limit): &(u64, Option<u64>)| match limit {
                     Some(l) if *l > 0 => *open as f64 / *l as f64,
