@@ -44,7 +44,12 @@ fn main() {
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
+                // Loops tick independently: spread their sends over the period.
                 for l in 0..loops {
+                    let at = due + period.mul_f64(l as f64 / loops as f64);
+                    if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
                     let _ = sock.send_to(heartbeat(l, round).as_bytes(), &addr);
                     sent += 1;
                 }

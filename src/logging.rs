@@ -29,9 +29,14 @@ impl Level {
     }
 }
 
-/// Installs the global subscriber. Our own crate logs at `level`; others at warn.
+/// Installs the global subscriber. Our own crate logs at `level`; others at
+/// warn, and the PostgreSQL pool, whose per-connection warnings would repeat
+/// every poll during an outage the collector already reports, at error.
 pub fn init(level: Level, format: Format) {
-    let filter = EnvFilter::new(format!("warn,loopwatch={}", level.as_str()));
+    let filter = EnvFilter::new(format!(
+        "warn,deadpool=error,tokio_postgres=error,loopwatch={}",
+        level.as_str()
+    ));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         Format::Logfmt => registry
