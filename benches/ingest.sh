@@ -68,3 +68,5 @@ if [ -f clients/python/bench_heartbeat.py ]; then
   echo
   python3 clients/python/bench_heartbeat.py
 fi
+echo
+python3 benches/client_overhead.py "$UDP"
