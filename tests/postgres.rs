@@ -136,13 +136,7 @@ fn connection_counts_equal_pg_stat_activity() {
         ),
         Some(2.0)
     );
-    let check = promtool_check_metrics(&text);
-    let complaints = String::from_utf8_lossy(&check.stdout).into_owned()
-        + &String::from_utf8_lossy(&check.stderr);
-    assert!(
-        check.status.success() && complaints.trim().is_empty(),
-        "{complaints}"
-    );
+    assert_promtool_clean(&text);
 }
 
 #[test]

@@ -2,13 +2,10 @@
 //! configured limits, read from the admin console (`SHOW POOLS`,
 //! `SHOW DATABASES`, `SHOW CONFIG`) over one kept connection.
 
-use std::str::FromStr;
-
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage, SimpleQueryRow};
 
 use super::{BoxFuture, Built, CollectError, Job, Periodic, Reason};
 use crate::config::PgBouncerTargetConfig;
-use crate::config::secret;
 use crate::metrics::{Families, FamilyBuilder};
 
 pub fn build(targets: &[PgBouncerTargetConfig]) -> Vec<Built> {
@@ -32,23 +29,12 @@ pub fn build(targets: &[PgBouncerTargetConfig]) -> Vec<Built> {
 
 /// The admin console's connection settings, with `${ENV}` and the password resolved.
 pub fn pg_config(t: &PgBouncerTargetConfig) -> Result<tokio_postgres::Config, String> {
-    let dsn = secret::expand_env(&t.dsn).map_err(|e| format!("dsn {e}"))?;
-    let mut config = tokio_postgres::Config::from_str(&dsn)
-        .map_err(|e| format!("dsn is not a PostgreSQL connection string: {e}"))?;
-    if let Some(password) = secret::resolve(t.password.as_deref(), t.password_file.as_deref())? {
-        if config.get_password().is_some() {
-            return Err(
-                "the password is given both in the dsn and in password/password_file".into(),
-            );
-        }
-        config.password(password.expose());
-    }
+    let mut config =
+        super::postgres::connection(&t.dsn, t.password.as_deref(), t.password_file.as_deref())?;
     if config.get_dbname().is_none() {
         config.dbname("pgbouncer");
     }
-    config
-        .application_name("loopwatch")
-        .connect_timeout(crate::config::connect_timeout(t.connect_timeout, t.timeout));
+    config.connect_timeout(crate::config::connect_timeout(t.connect_timeout, t.timeout));
     Ok(config)
 }
 
@@ -60,19 +46,7 @@ struct PgBouncerTarget {
 }
 
 fn error(e: tokio_postgres::Error) -> CollectError {
-    let reason = match e.code() {
-        Some(code) if code.code().starts_with("28") => Reason::Auth,
-        Some(_) => Reason::Other,
-        None => Reason::Connect,
-    };
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    CollectError::new(reason, text)
+    super::postgres::classify(&e)
 }
 
 fn rows(messages: Vec<SimpleQueryMessage>) -> Vec<SimpleQueryRow> {

@@ -42,16 +42,18 @@ pub fn build(targets: &[PostgresTargetConfig]) -> Vec<Built> {
         .collect()
 }
 
-/// The connection settings of a target: its DSN with `${ENV}` expanded, the
-/// password from `password`/`password_file`, and the session limits that
-/// protect the database from its monitoring.
-pub fn pg_config(t: &PostgresTargetConfig) -> Result<tokio_postgres::Config, String> {
-    let dsn = secret::expand_env(&t.dsn).map_err(|e| format!("dsn {e}"))?;
-    // The parser's messages never echo the DSN, so no password can leak here.
+/// A connection string with `${ENV}` expanded and the password from
+/// `password`/`password_file`; shared with the pgbouncer collector. The
+/// parser's messages never echo the DSN, so no password leaks through them.
+pub fn connection(
+    dsn: &str,
+    password: Option<&str>,
+    password_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres::Config, String> {
+    let dsn = secret::expand_env(dsn).map_err(|e| format!("dsn {e}"))?;
     let mut config = tokio_postgres::Config::from_str(&dsn)
         .map_err(|e| format!("dsn is not a PostgreSQL connection string: {e}"))?;
-    let password = secret::resolve(t.password.as_deref(), t.password_file.as_deref())?;
-    if let Some(password) = password {
+    if let Some(password) = secret::resolve(password, password_file)? {
         if config.get_password().is_some() {
             return Err(
                 "the password is given both in the dsn and in password/password_file".into(),
@@ -59,9 +61,16 @@ pub fn pg_config(t: &PostgresTargetConfig) -> Result<tokio_postgres::Config, Str
         }
         config.password(password.expose());
     }
+    config.application_name("loopwatch");
+    Ok(config)
+}
+
+/// The connection settings of a target, with the session limits that
+/// protect the database from its monitoring.
+pub fn pg_config(t: &PostgresTargetConfig) -> Result<tokio_postgres::Config, String> {
+    let mut config = connection(&t.dsn, t.password.as_deref(), t.password_file.as_deref())?;
     let statement_timeout = t.statement_timeout.unwrap_or(t.timeout);
     config
-        .application_name("loopwatch")
         .connect_timeout(crate::config::connect_timeout(t.connect_timeout, t.timeout))
         .options(format!(
             "-c statement_timeout={} -c lock_timeout={}",
@@ -162,7 +171,7 @@ impl PostgresTarget {
 
 /// Maps a failure to a bounded reason, keeping the server's words (which
 /// never include the password).
-fn classify(e: &tokio_postgres::Error) -> CollectError {
+pub fn classify(e: &tokio_postgres::Error) -> CollectError {
     let code = e.code();
     let reason = if code == Some(&SqlState::INVALID_PASSWORD)
         || code == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)

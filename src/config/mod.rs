@@ -446,6 +446,48 @@ fn check_schedule(
     }
 }
 
+/// What the postgres and pgbouncer sections share.
+struct DbTarget<'a> {
+    name: &'a str,
+    interval: Duration,
+    timeout: Duration,
+    connect_timeout: Option<Duration>,
+    /// Whether the DSN and password resolve; the message says which failed.
+    resolved: Result<(), String>,
+}
+
+fn check_db_target<'a>(
+    problems: &mut Vec<(String, String)>,
+    seen: &mut std::collections::HashSet<&'a str>,
+    path: &str,
+    t: DbTarget<'a>,
+) {
+    check_label_value(problems, format!("{path}.name"), t.name);
+    if !seen.insert(t.name) {
+        problems.push((
+            format!("{path}.name"),
+            format!("{:?} is used by an earlier target", t.name),
+        ));
+    }
+    check_schedule(problems, path, t.interval, t.timeout);
+    if t.connect_timeout
+        .is_some_and(|c| c.is_zero() || c > t.timeout)
+    {
+        problems.push((
+            format!("{path}.connect_timeout"),
+            "must be above 0 and not longer than timeout".to_owned(),
+        ));
+    }
+    if let Err(e) = t.resolved {
+        let key = if e.starts_with("dsn") {
+            "dsn"
+        } else {
+            "password"
+        };
+        problems.push((format!("{path}.{key}"), e));
+    }
+}
+
 /// Every semantic problem, as (key path, message).
 pub fn validate(config: &Config) -> Vec<(String, String)> {
     let mut problems = Vec::new();
@@ -566,22 +608,14 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
     let mut seen = std::collections::HashSet::new();
     for (i, t) in config.postgres.iter().enumerate() {
         let path = format!("postgres[{i}]");
-        check_label_value(&mut problems, format!("{path}.name"), &t.name);
-        if !seen.insert(t.name.as_str()) {
-            problems.push((
-                format!("{path}.name"),
-                format!("{:?} is used by an earlier target", t.name),
-            ));
-        }
-        check_schedule(&mut problems, &path, t.interval, t.timeout);
-        if t.connect_timeout
-            .is_some_and(|c| c.is_zero() || c > t.timeout)
-        {
-            problems.push((
-                format!("{path}.connect_timeout"),
-                "must be above 0 and not longer than timeout".to_owned(),
-            ));
-        }
+        let target = DbTarget {
+            name: &t.name,
+            interval: t.interval,
+            timeout: t.timeout,
+            connect_timeout: t.connect_timeout,
+            resolved: crate::collector::postgres::pg_config(t).map(|_| ()),
+        };
+        check_db_target(&mut problems, &mut seen, &path, target);
         if t.max_connections == 0 || t.max_connections > 10 {
             problems.push((
                 format!("{path}.max_connections"),
@@ -594,42 +628,17 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
                 "must be between 1 and 10000".to_owned(),
             ));
         }
-        if let Err(e) = crate::collector::postgres::pg_config(t) {
-            let key = if e.starts_with("dsn") {
-                "dsn"
-            } else {
-                "password"
-            };
-            problems.push((format!("{path}.{key}"), e));
-        }
     }
     let mut seen = std::collections::HashSet::new();
     for (i, t) in config.pgbouncer.iter().enumerate() {
-        let path = format!("pgbouncer[{i}]");
-        check_label_value(&mut problems, format!("{path}.name"), &t.name);
-        if !seen.insert(t.name.as_str()) {
-            problems.push((
-                format!("{path}.name"),
-                format!("{:?} is used by an earlier target", t.name),
-            ));
-        }
-        check_schedule(&mut problems, &path, t.interval, t.timeout);
-        if t.connect_timeout
-            .is_some_and(|c| c.is_zero() || c > t.timeout)
-        {
-            problems.push((
-                format!("{path}.connect_timeout"),
-                "must be above 0 and not longer than timeout".to_owned(),
-            ));
-        }
-        if let Err(e) = crate::collector::pgbouncer::pg_config(t) {
-            let key = if e.starts_with("dsn") {
-                "dsn"
-            } else {
-                "password"
-            };
-            problems.push((format!("{path}.{key}"), e));
-        }
+        let target = DbTarget {
+            name: &t.name,
+            interval: t.interval,
+            timeout: t.timeout,
+            connect_timeout: t.connect_timeout,
+            resolved: crate::collector::pgbouncer::pg_config(t).map(|_| ()),
+        };
+        check_db_target(&mut problems, &mut seen, &format!("pgbouncer[{i}]"), target);
     }
     problems
 }

@@ -282,6 +282,17 @@ pub fn promtool_check_metrics(body: &str) -> Output {
     child.wait_with_output().expect("promtool output")
 }
 
+/// Asserts that `promtool check metrics` finds nothing to complain about.
+pub fn assert_promtool_clean(body: &str) {
+    let check = promtool_check_metrics(body);
+    let complaints = String::from_utf8_lossy(&check.stdout).into_owned()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(
+        check.status.success() && complaints.trim().is_empty(),
+        "promtool check metrics: {complaints}"
+    );
+}
+
 /// Runs the binary to completion with these arguments.
 pub fn run_bin(args: &[&str]) -> Output {
     Command::new(BIN)
