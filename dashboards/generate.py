@@ -588,6 +588,9 @@ def database():
                            target(f'loopwatch_pgbouncer_max_client_connections{{{PGB}}}', "max_client_conn " + TGT, "B")], 16, 8, minv=0,
                  overrides=[dashed("^max_client_conn ", "red")])
     b.down(8)
+    b.timeseries("Client wait time per second", "Seconds clients spent waiting for a server connection, per second, by database (rate of loopwatch_pgbouncer_client_wait_seconds_total, from SHOW STATS). Unlike the longest wait, it counts waits that start and end between two polls: 0.5 means on average half a client was queueing at any moment.",
+                 "s", [target(f'sum by (instance, target, database) (rate(loopwatch_pgbouncer_client_wait_seconds_total{{{PGB}}}[$__rate_interval]))', "{{database}} " + TGT)], 0, 24, minv=0)
+    b.down(8)
 
     # ------------------------------------------------------------ Pools
     b.row("Pools")

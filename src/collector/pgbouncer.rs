@@ -1,6 +1,6 @@
 //! PgBouncer: clients and servers per pool, the longest wait, and the
 //! configured limits, read from the admin console (`SHOW POOLS`,
-//! `SHOW DATABASES`, `SHOW CONFIG`) over one kept connection.
+//! `SHOW DATABASES`, `SHOW CONFIG`, `SHOW STATS`) over one kept connection.
 
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage, SimpleQueryRow};
 
@@ -91,6 +91,7 @@ impl PgBouncerTarget {
         let pools = rows(client.simple_query("SHOW POOLS").await.map_err(error)?);
         let databases = rows(client.simple_query("SHOW DATABASES").await.map_err(error)?);
         let settings = rows(client.simple_query("SHOW CONFIG").await.map_err(error)?);
+        let stats = rows(client.simple_query("SHOW STATS").await.map_err(error)?);
         self.client = Some(client);
 
         let mut b = FamilyBuilder::default();
@@ -155,6 +156,18 @@ impl PgBouncerTarget {
                     "Server pool size of the database, sampled every interval.",
                     &[("target", name), ("database", text(row, "name"))],
                     n,
+                );
+            }
+        }
+        for row in &stats {
+            // Catches waits that start and end between two polls, which
+            // max_wait cannot see.
+            if let Some(us) = number(row, "total_wait_time") {
+                b.counter(
+                    "loopwatch_pgbouncer_client_wait_seconds_total",
+                    "Time clients of the database spent waiting for a server connection (SHOW STATS total_wait_time), sampled every interval.",
+                    &[("target", name), ("database", text(row, "database"))],
+                    us / 1e6,
                 );
             }
         }
