@@ -257,13 +257,23 @@ fn sigterm_and_sigint_shut_down_cleanly() {
 
 #[test]
 fn logs_are_logfmt_or_json() {
+    // Parallel tests share the default UDP port, so other lines (a failed
+    // bind) may come first: check the start line and that every line parses.
     let mut lw = Exporter::start(&["--log.format", "json"]);
     lw.signal("TERM");
     lw.wait_exit(Duration::from_secs(10));
     let log = lw.stderr();
-    let first = log.lines().next().expect("a log line");
-    let parsed: serde_json::Value = serde_json::from_str(first).expect("JSON log line");
-    assert_eq!(parsed["level"], "INFO", "{first}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
+        .collect();
+    let start = lines
+        .iter()
+        .find(|l| l["message"] == "Starting loopwatch")
+        .unwrap_or_else(|| panic!("no start line: {log}"));
+    assert_eq!(start["level"], "INFO", "{start}");
 
     let mut lw = Exporter::start(&[]);
     lw.signal("TERM");
@@ -271,8 +281,12 @@ fn logs_are_logfmt_or_json() {
     let log = lw.stderr();
     assert!(
         log.lines()
-            .next()
-            .is_some_and(|l| l.contains("level=info") && l.contains("message=")),
+            .all(|l| l.starts_with("ts=") && l.contains(" level=") && l.contains(" message=")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("level=info") && l.contains(r#"message="Starting loopwatch""#)),
         "{log}"
     );
 }
