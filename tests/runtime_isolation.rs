@@ -13,6 +13,47 @@ use loopwatch::app::Exporter;
 use loopwatch::config;
 use loopwatch::server::{AppState, app};
 
+/// The exporter's parts as `app::run` wires them: a one-worker collector
+/// runtime, a single-thread server runtime, and the router's state.
+struct Harness {
+    collect: tokio::runtime::Runtime,
+    server: tokio::runtime::Runtime,
+    exporter: Exporter,
+    state: Arc<AppState>,
+}
+
+impl Harness {
+    fn start(exporter_metrics: bool, scrape_slots: Option<Arc<Semaphore>>) -> Self {
+        let collect = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("collector runtime");
+        let server = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        let exporter = Exporter::start(
+            &config::default_config(),
+            collect.handle().clone(),
+            exporter_metrics,
+        );
+        let state = Arc::new(AppState {
+            registry: exporter.registry.clone(),
+            driver: exporter.driver.clone(),
+            ingest: exporter.shared.ingest.clone(),
+            telemetry_path: "/metrics".into(),
+            scrape_slots,
+        });
+        Self {
+            collect,
+            server,
+            exporter,
+            state,
+        }
+    }
+}
+
 fn stall_of(text: &str) -> f64 {
     text.lines()
         .find_map(|l| {
@@ -40,23 +81,12 @@ async fn scrape(router: axum::Router) -> (StatusCode, String) {
 
 #[test]
 fn a_blocked_collector_runtime_shows_as_a_live_stall() {
-    let collect = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("collector runtime");
-    let server = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("server runtime");
-    let exporter = Exporter::start(&config::default_config(), collect.handle().clone(), true);
-    let state = Arc::new(AppState {
-        registry: exporter.registry.clone(),
-        driver: exporter.driver.clone(),
-        ingest: exporter.shared.ingest.clone(),
-        telemetry_path: "/metrics".into(),
-        scrape_slots: None,
-    });
+    let Harness {
+        collect,
+        server,
+        exporter,
+        state,
+    } = Harness::start(true, None);
     std::thread::sleep(Duration::from_millis(300));
     let (status, text) = server.block_on(scrape(app(state.clone())));
     assert_eq!(status, StatusCode::OK);
@@ -94,24 +124,13 @@ fn a_blocked_collector_runtime_shows_as_a_live_stall() {
 
 #[test]
 fn scrapes_beyond_max_requests_get_503() {
-    let collect = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("collector runtime");
-    let server = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("server runtime");
-    let exporter = Exporter::start(&config::default_config(), collect.handle().clone(), false);
     let slots = Arc::new(Semaphore::new(1));
-    let state = Arc::new(AppState {
-        registry: exporter.registry.clone(),
-        driver: exporter.driver.clone(),
-        ingest: exporter.shared.ingest.clone(),
-        telemetry_path: "/metrics".into(),
-        scrape_slots: Some(slots.clone()),
-    });
+    let Harness {
+        collect: _collect,
+        server,
+        exporter,
+        state,
+    } = Harness::start(false, Some(slots.clone()));
     let (status, _) = server.block_on(scrape(app(state.clone())));
     assert_eq!(status, StatusCode::OK);
     // One scrape in flight holds the only slot.

@@ -133,28 +133,13 @@ impl PostgresTarget {
         let Ok(pool) = &self.pool else { return };
         let s = pool.status();
         let labels = [("app_name", "loopwatch"), ("pool", self.name.as_str())];
-        for (name, help, value) in [
-            (
-                "loopwatch_pool_size",
-                "Connections open in the pool, as last reported.",
-                s.size,
-            ),
-            (
-                "loopwatch_pool_max",
-                "Maximum connections of the pool, as last reported.",
-                s.max_size,
-            ),
-            (
-                "loopwatch_pool_in_use",
-                "Connections of the pool checked out, as last reported.",
-                s.size.saturating_sub(s.available),
-            ),
-            (
-                "loopwatch_pool_waiting",
-                "Callers waiting for a connection of the pool, as last reported.",
-                s.waiting,
-            ),
-        ] {
+        let values = [
+            s.size,
+            s.max_size,
+            s.size.saturating_sub(s.available),
+            s.waiting,
+        ];
+        for ((name, help), value) in crate::ingest::POOL_FIELDS.iter().zip(values) {
             b.gauge(name, help, &labels, value as f64);
         }
     }

@@ -56,22 +56,23 @@ struct IngestMetrics {
 }
 
 const FOLD_KINDS: [&str; 5] = ["task", "exception", "site", "pool", "ratelimit"];
-const POOL_FIELDS: [(&str, &str); 4] = [
+/// The pool families, shared with loopwatch's own PostgreSQL pools.
+pub const POOL_FIELDS: [(&str, &str); 4] = [
     (
         "loopwatch_pool_size",
-        "Connections open in the app's pool, as last reported.",
+        "Connections open in the pool, as last reported.",
     ),
     (
         "loopwatch_pool_max",
-        "Maximum connections of the app's pool, as last reported.",
+        "Maximum connections of the pool, as last reported.",
     ),
     (
         "loopwatch_pool_in_use",
-        "Connections of the app's pool checked out, as last reported.",
+        "Connections of the pool checked out, as last reported.",
     ),
     (
         "loopwatch_pool_waiting",
-        "Callers waiting for a connection of the app's pool, as last reported.",
+        "Callers waiting for a connection of the pool, as last reported.",
     ),
 ];
 const RATELIMIT_FIELDS: [(&str, &str); 3] = [
