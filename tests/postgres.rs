@@ -304,7 +304,15 @@ fn a_wrong_password_is_auth_and_never_shown() {
 #[test]
 fn pgbouncer_pools_show_waiting_clients_and_a_hang_is_a_timeout() {
     let cluster = PgCluster::start();
-    let bouncer = PgBouncer::start(&cluster, "session", 1);
+    // A reserve pool that never kicks in (the timeout is long), so the
+    // clients keep waiting, and a database-wide cap.
+    let bouncer = PgBouncer::start_with(
+        &cluster,
+        &PgBouncerOptions::new("session", 1)
+            .setting("reserve_pool_size", "2")
+            .setting("reserve_pool_timeout", "600")
+            .setting("max_db_connections", "5"),
+    );
     let _held = bouncer.hold(&Hold::new(3, "queued").database("test"));
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(
@@ -346,6 +354,20 @@ fn pgbouncer_pools_show_waiting_clients_and_a_hang_is_a_timeout() {
         )
         .is_some()
     );
+    for (family, value) in [
+        ("loopwatch_pgbouncer_reserve_pool_size", 2.0),
+        ("loopwatch_pgbouncer_max_db_connections", 5.0),
+        ("loopwatch_pgbouncer_database_connections", 1.0),
+    ] {
+        assert_eq!(
+            sample(
+                &text,
+                &format!(r#"{family}{{target="bouncer",database="test"}}"#)
+            ),
+            Some(value),
+            "{family}: {text}"
+        );
+    }
     let text = wait_for_metrics(&lw, Duration::from_secs(10), "a measured wait", |t| {
         sample(t, r#"loopwatch_pgbouncer_max_wait_seconds{target="bouncer",database="test",user="postgres"}"#)
             .is_some_and(|v| v > 0.0)

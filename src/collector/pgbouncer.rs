@@ -150,13 +150,33 @@ impl PgBouncerTarget {
             );
         }
         for row in &databases {
-            if let Some(n) = number(row, "pool_size") {
-                b.gauge(
+            let labels = [("target", name), ("database", text(row, "name"))];
+            // Column names differ across PgBouncer versions; the first present wins.
+            for (columns, family, help) in [
+                (
+                    &["pool_size"][..],
                     "loopwatch_pgbouncer_pool_size",
                     "Server pool size of the database, sampled every interval.",
-                    &[("target", name), ("database", text(row, "name"))],
-                    n,
-                );
+                ),
+                (
+                    &["reserve_pool_size", "reserve_pool"][..],
+                    "loopwatch_pgbouncer_reserve_pool_size",
+                    "Extra server connections a pool of the database may open when clients wait longer than reserve_pool_timeout, sampled every interval.",
+                ),
+                (
+                    &["max_db_connections", "max_connections"][..],
+                    "loopwatch_pgbouncer_max_db_connections",
+                    "Server connections allowed to the database across its pools (0 means unlimited), sampled every interval.",
+                ),
+                (
+                    &["current_connections"][..],
+                    "loopwatch_pgbouncer_database_connections",
+                    "Server connections open to the database, sampled every interval.",
+                ),
+            ] {
+                if let Some(n) = columns.iter().find_map(|c| number(row, c)) {
+                    b.gauge(family, help, &labels, n);
+                }
             }
         }
         for row in &stats {

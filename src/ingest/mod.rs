@@ -236,7 +236,60 @@ struct LoopEntry {
 
 struct AppEntry {
     loops: HashMap<String, LoopEntry>,
+    /// Pool label values seen, for the cap.
     pools: HashMap<String, ()>,
+    /// Each process's latest report per pool: the exported values are the
+    /// sums, so several processes of one app add up instead of overwriting.
+    pool_reports: HashMap<String, HashMap<(u32, String), PoolReport>>,
+}
+
+/// Reports kept per pool label at most: a pool folded into `other` keeps one
+/// per process and original name, and a client must not grow it without end.
+const MAX_REPORTS_PER_POOL: usize = 1000;
+
+struct PoolReport {
+    values: [u64; 4],
+    seen: Instant,
+}
+
+impl AppEntry {
+    /// Sets the pool's gauges to the sums over the processes that report it.
+    fn publish_pool(&self, metrics: &IngestMetrics, app_name: &str, pool: &str) {
+        let mut sums = [0u64; 4];
+        for report in self
+            .pool_reports
+            .get(pool)
+            .into_iter()
+            .flat_map(|r| r.values())
+        {
+            for (sum, v) in sums.iter_mut().zip(report.values) {
+                *sum = sum.saturating_add(v);
+            }
+        }
+        for (gauge, sum) in metrics.pool.iter().zip(sums) {
+            gauge.with_label_values(&[app_name, pool]).set(sum as f64);
+        }
+    }
+
+    /// Forgets the reports of processes for which `gone(pid, report)` holds.
+    fn drop_pool_reports(
+        &mut self,
+        metrics: &IngestMetrics,
+        app_name: &str,
+        mut gone: impl FnMut(u32, &PoolReport) -> bool,
+    ) {
+        let mut changed = Vec::new();
+        for (pool, reports) in &mut self.pool_reports {
+            let before = reports.len();
+            reports.retain(|(pid, _), r| !gone(*pid, r));
+            if reports.len() != before {
+                changed.push(pool.clone());
+            }
+        }
+        for pool in changed {
+            self.publish_pool(metrics, app_name, &pool);
+        }
+    }
 }
 
 struct State {
@@ -379,19 +432,21 @@ impl Ingest {
         let app = state.apps.entry(m.app.clone()).or_insert_with(|| AppEntry {
             loops: HashMap::new(),
             pools: HashMap::new(),
+            pool_reports: HashMap::new(),
         });
         if let Body::Pool(p) = &m.body {
             let (name, folded) = fold(&mut app.pools, &p.pool, config.max_pools);
             self.folded("pool", if folded { 1.0 } else { 0.0 });
-            let labels = [m.app.as_str(), name.as_str()];
-            for (gauge, value) in self
-                .metrics
-                .pool
-                .iter()
-                .zip([p.size, p.max, p.in_use, p.waiting])
-            {
-                gauge.with_label_values(&labels).set(value as f64);
+            let reports = app.pool_reports.entry(name.clone()).or_default();
+            let key = (m.pid, p.pool.clone());
+            if reports.contains_key(&key) || reports.len() < MAX_REPORTS_PER_POOL {
+                let report = PoolReport {
+                    values: [p.size, p.max, p.in_use, p.waiting],
+                    seen: Instant::now(),
+                };
+                reports.insert(key, report);
             }
+            app.publish_pool(&self.metrics, &m.app, &name);
             return Ok(());
         }
         if !app.loops.contains_key(&m.loop_name) && app.loops.len() >= config.max_loops_per_app {
@@ -421,8 +476,11 @@ impl Ingest {
                 recent: VecDeque::new(),
                 info: None,
             });
+        // A process that restarted or said bye no longer holds its pools.
+        let mut pools_gone_of = None;
         if entry.pid != m.pid {
             // A restart: the new process counts from zero; our counters go on.
+            pools_gone_of = Some(entry.pid);
             entry.pid = m.pid;
             entry.baselines = Baselines::default();
             entry.last_counted_stall = None;
@@ -437,8 +495,12 @@ impl Ingest {
                     s.ended = true;
                     push_recent(&mut entry.recent, s, config.recent_stalls);
                 }
+                pools_gone_of = Some(m.pid);
             }
             Body::Pool(_) | Body::RateLimit(_) => {}
+        }
+        if let Some(gone) = pools_gone_of {
+            app.drop_pool_reports(&self.metrics, &m.app, |pid, _| pid == gone);
         }
         Ok(())
     }
@@ -634,6 +696,18 @@ impl Ingest {
                     removed += 1;
                 }
                 !gone
+            });
+            // Pools of processes whose loops went silent, unless the
+            // process still reports them (a client that sends pools only).
+            let live: Vec<u32> = app
+                .loops
+                .values()
+                .filter(|e| matches!(e.handle.status(), LoopStatus::Running | LoopStatus::Stalled))
+                .map(|e| e.pid)
+                .collect();
+            let silence = state.config.silence_timeout;
+            app.drop_pool_reports(m, app_name, |pid, r| {
+                !live.contains(&pid) && r.seen.elapsed() > silence
             });
             if app.loops.is_empty() {
                 for pool in app.pools.keys() {
@@ -857,6 +931,53 @@ mod tests {
         );
     }
 
+    fn pool(loop_name: &str, pid: u32, max: u64, in_use: u64) -> Vec<u8> {
+        format!(
+            r#"{{"v":1,"type":"pool","app":"api","loop":"{loop_name}","pid":{pid},"pool":"db","size":{in_use},"max":{max},"in_use":{in_use},"waiting":0}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn pools_of_several_processes_add_up_and_leave_with_their_process() {
+        let (registry, ingest) = setup(IngestConfig::default());
+        let max = |t: &str| {
+            let line = t
+                .lines()
+                .find(|l| l.starts_with(r#"loopwatch_pool_max{app_name="api",pool="db"}"#))
+                .unwrap_or_else(|| panic!("no pool_max: {t}"));
+            line.rsplit(' ').next().expect("value").to_owned()
+        };
+        ingest
+            .handle(&heartbeat(10, 1, "", 0.0), Transport::Udp)
+            .expect("ok");
+        ingest
+            .handle(&pool("main", 10, 4, 1), Transport::Udp)
+            .expect("ok");
+        // A second worker of the same app, and a repeat of the first's report.
+        ingest
+            .handle(&pool("main", 11, 4, 2), Transport::Udp)
+            .expect("ok");
+        ingest
+            .handle(&pool("main", 10, 4, 3), Transport::Udp)
+            .expect("ok");
+        let t = text(&registry);
+        assert_eq!(max(&t), "8", "{t}");
+        assert!(
+            t.contains(r#"loopwatch_pool_in_use{app_name="api",pool="db"} 5"#),
+            "{t}"
+        );
+        // The first worker restarts as pid 12: its old pool is gone.
+        ingest
+            .handle(&heartbeat(12, 1, "", 0.0), Transport::Udp)
+            .expect("ok");
+        assert_eq!(max(&text(&registry)), "4");
+        ingest
+            .handle(&pool("main", 12, 4, 0), Transport::Udp)
+            .expect("ok");
+        assert_eq!(max(&text(&registry)), "8");
+    }
+
     #[test]
     fn bye_stops_watching_and_expiry_removes_everything() {
         let config = IngestConfig {
@@ -885,8 +1006,8 @@ mod tests {
             "a stopped loop is not down: {t}"
         );
         assert!(
-            t.contains(r#"loopwatch_pool_max{app_name="api",pool="db"} 4"#),
-            "{t}"
+            t.contains(r#"loopwatch_pool_max{app_name="api",pool="db"} 0"#),
+            "a stopped process holds no connections: {t}"
         );
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(ingest.expire(), 1);
