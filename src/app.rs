@@ -130,6 +130,7 @@ impl Exporter {
     ) -> Self {
         let registry = Registry::new();
         register_build_info(&registry);
+        crate::logging::register_metrics(&registry);
         if exporter_metrics {
             registry
                 .register(Box::new(SelfProcess::new()))

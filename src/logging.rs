@@ -1,7 +1,20 @@
-//! Log setup: logfmt (default) or JSON lines on stderr.
+//! Log setup: logfmt (default) or JSON lines on stderr, with a per-message
+//! repeat limit so that a fault that lasts hours (a database down, a token
+//! revoked) costs a few lines, not one per poll: loopwatch must not repeat
+//! the log-spam incident it is meant to make visible.
 
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::{IntCounterVec, Opts, Registry};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -29,15 +42,47 @@ impl Level {
     }
 }
 
+/// How often one message may repeat: `burst` lines per `window`; `window`
+/// zero turns the limit off.
+#[derive(Debug, Clone, Copy)]
+pub struct RepeatLimit {
+    pub window: Duration,
+    pub burst: u32,
+}
+
+/// Lines dropped by the repeat limit, by level; registered by [`register_metrics`].
+static SUPPRESSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let counter = IntCounterVec::new(
+        Opts::new(
+            "loopwatch_log_suppressed_total",
+            "loopwatch's own log lines dropped because the same message repeated more often than the log repeat limit allows, by level.",
+        ),
+        &["level"],
+    )
+    .expect("valid metric");
+    for level in ["error", "warn", "info", "debug", "trace"] {
+        counter.with_label_values(&[level]);
+    }
+    counter
+});
+
+pub fn register_metrics(registry: &Registry) {
+    registry
+        .register(Box::new(SUPPRESSED.clone()))
+        .expect("registered once");
+}
+
 /// Installs the global subscriber. Our own crate logs at `level`; others at
 /// warn, and the PostgreSQL pool, whose per-connection warnings would repeat
 /// every poll during an outage the collector already reports, at error.
-pub fn init(level: Level, format: Format) {
+pub fn init(level: Level, format: Format, limit: RepeatLimit) {
     let filter = EnvFilter::new(format!(
         "warn,deadpool=error,tokio_postgres=error,loopwatch={}",
         level.as_str()
     ));
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(RepeatLimiter::new(limit));
     match format {
         Format::Logfmt => registry
             .with(
@@ -54,5 +99,218 @@ pub fn init(level: Level, format: Format) {
                     .with_writer(std::io::stderr),
             )
             .init(),
+    }
+}
+
+/// Messages tracked at most; beyond it the oldest windows are forgotten.
+const MAX_TRACKED: usize = 1024;
+
+/// Fields left out of a message's identity: free text that varies between
+/// repeats of one fault (an error's wording, a duration).
+const VOLATILE_FIELDS: &[&str] = &["error", "previous_error", "elapsed", "duration"];
+
+struct Window {
+    started: Instant,
+    logged: u32,
+    suppressed: u64,
+    message: String,
+}
+
+/// Drops a line when the same message (its call site and its fields but the
+/// volatile ones) was already logged `burst` times in the current window;
+/// the first line after the window says how many were dropped.
+pub struct RepeatLimiter {
+    limit: RepeatLimit,
+    windows: Mutex<HashMap<u64, Window>>,
+}
+
+#[derive(Default)]
+struct Identity {
+    hasher: DefaultHasher,
+    message: String,
+}
+
+impl Visit for Identity {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        }
+        if VOLATILE_FIELDS.contains(&field.name()) {
+            return;
+        }
+        field.name().hash(&mut self.hasher);
+        format!("{value:?}").hash(&mut self.hasher);
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if VOLATILE_FIELDS.contains(&field.name()) {
+            return;
+        }
+        field.name().hash(&mut self.hasher);
+        value.hash(&mut self.hasher);
+    }
+}
+
+/// What the limiter decided for one line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Log,
+    /// Log it, after a line saying this many repeats of `message` were dropped.
+    LogAfterDropped {
+        dropped: u64,
+        message: String,
+    },
+    Drop,
+}
+
+impl RepeatLimiter {
+    pub fn new(limit: RepeatLimit) -> Self {
+        Self {
+            limit,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Decides for the line identified by `key` at `now`.
+    pub fn check(&self, key: u64, message: impl FnOnce() -> String, now: Instant) -> Verdict {
+        if self.limit.window.is_zero() {
+            return Verdict::Log;
+        }
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() >= MAX_TRACKED && !windows.contains_key(&key) {
+            let window = self.limit.window;
+            windows.retain(|_, w| now.duration_since(w.started) < window);
+            if windows.len() >= MAX_TRACKED {
+                windows.clear();
+            }
+        }
+        let w = windows.entry(key).or_insert_with(|| Window {
+            started: now,
+            logged: 0,
+            suppressed: 0,
+            message: message(),
+        });
+        if now.duration_since(w.started) >= self.limit.window {
+            let dropped = std::mem::take(&mut w.suppressed);
+            w.started = now;
+            w.logged = 1;
+            return if dropped > 0 {
+                Verdict::LogAfterDropped {
+                    dropped,
+                    message: w.message.clone(),
+                }
+            } else {
+                Verdict::Log
+            };
+        }
+        if w.logged < self.limit.burst {
+            w.logged += 1;
+            Verdict::Log
+        } else {
+            w.suppressed += 1;
+            Verdict::Drop
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for RepeatLimiter {
+    fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
+        if self.limit.window.is_zero() {
+            return true;
+        }
+        let mut identity = Identity::default();
+        event.metadata().callsite().hash(&mut identity.hasher);
+        event.record(&mut identity);
+        let key = identity.hasher.finish();
+        let message = identity.message;
+        match self.check(key, || message, Instant::now()) {
+            Verdict::Log => true,
+            Verdict::Drop => {
+                let level = event.metadata().level().as_str().to_ascii_lowercase();
+                SUPPRESSED.with_label_values(&[&level]).inc();
+                false
+            }
+            Verdict::LogAfterDropped { dropped, message } => {
+                // Logged through the same subscriber; no lock is held here.
+                tracing::info!(
+                    repeats = dropped,
+                    repeated = %message,
+                    window = %humantime::format_duration(self.limit.window),
+                    "Dropped repeats of a log line (log repeat limit)"
+                );
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_repeats_at_most_burst_times_per_window() {
+        let limiter = RepeatLimiter::new(RepeatLimit {
+            window: Duration::from_secs(300),
+            burst: 2,
+        });
+        let t0 = Instant::now();
+        let msg = || "Poll failed".to_owned();
+        assert_eq!(limiter.check(1, msg, t0), Verdict::Log);
+        assert_eq!(
+            limiter.check(1, msg, t0 + Duration::from_secs(1)),
+            Verdict::Log
+        );
+        for s in 2..100 {
+            assert_eq!(
+                limiter.check(1, msg, t0 + Duration::from_secs(s)),
+                Verdict::Drop
+            );
+        }
+        // Another message has its own window.
+        assert_eq!(
+            limiter.check(2, msg, t0 + Duration::from_secs(5)),
+            Verdict::Log
+        );
+        assert_eq!(
+            limiter.check(1, msg, t0 + Duration::from_secs(301)),
+            Verdict::LogAfterDropped {
+                dropped: 98,
+                message: "Poll failed".to_owned()
+            }
+        );
+        assert_eq!(
+            limiter.check(1, msg, t0 + Duration::from_secs(302)),
+            Verdict::Log
+        );
+        assert_eq!(
+            limiter.check(1, msg, t0 + Duration::from_secs(303)),
+            Verdict::Drop
+        );
+    }
+
+    #[test]
+    fn a_zero_window_turns_the_limit_off() {
+        let limiter = RepeatLimiter::new(RepeatLimit {
+            window: Duration::ZERO,
+            burst: 1,
+        });
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(limiter.check(1, String::new, t0), Verdict::Log);
+        }
+    }
+
+    #[test]
+    fn tracked_messages_stay_bounded() {
+        let limiter = RepeatLimiter::new(RepeatLimit {
+            window: Duration::from_secs(300),
+            burst: 1,
+        });
+        let t0 = Instant::now();
+        for key in 0..10_000 {
+            limiter.check(key, String::new, t0);
+        }
+        assert!(limiter.windows.lock().expect("lock").len() <= MAX_TRACKED);
     }
 }

@@ -7,7 +7,7 @@ use clap::{ArgAction, Parser, Subcommand};
 
 use loopwatch::app::{self, RunError, Settings, WebFlags};
 use loopwatch::config;
-use loopwatch::logging::{self, Format, Level};
+use loopwatch::logging::{self, Format, Level, RepeatLimit};
 use loopwatch::metrics::build;
 
 /// Prometheus exporter for blocked event loops, dying tasks, exhausted rate
@@ -42,6 +42,16 @@ struct Cli {
     /// Log format.
     #[arg(long = "log.format", value_enum, default_value = "logfmt")]
     log_format: Format,
+
+    /// The same log message is written at most `log.repeat-burst` times per
+    /// this window; the rest are counted in loopwatch_log_suppressed_total.
+    /// 0s turns the limit off.
+    #[arg(long = "log.repeat-window", value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    log_repeat_window: std::time::Duration,
+
+    /// Lines of one message per `log.repeat-window`.
+    #[arg(long = "log.repeat-burst", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    log_repeat_burst: u32,
 
     /// Print the version and exit.
     #[arg(long = "version", action = ArgAction::SetTrue)]
@@ -88,7 +98,14 @@ fn main() -> ExitCode {
         None => {}
     }
 
-    logging::init(cli.log_level, cli.log_format);
+    logging::init(
+        cli.log_level,
+        cli.log_format,
+        RepeatLimit {
+            window: cli.log_repeat_window,
+            burst: cli.log_repeat_burst,
+        },
+    );
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %info, "A task panicked");
     }));

@@ -290,3 +290,67 @@ fn logs_are_logfmt_or_json() {
         "{log}"
     );
 }
+
+#[test]
+fn a_repeating_log_message_is_limited_and_counted() {
+    // A PostgreSQL target on a closed port fails every 100 ms; at debug level
+    // each repeat would be a line.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("loopwatch.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "ingest:\n  udp_listen_address: ''\npostgres:\n  - name: gone\n    dsn: 'host=127.0.0.1 port={} user=postgres connect_timeout=1'\n    interval: 100ms\n    timeout: 100ms\n",
+            free_port()
+        ),
+    )
+    .expect("write config");
+    let cfg = config.to_str().expect("utf8");
+    let lw = Exporter::start(&[
+        "--config.file",
+        cfg,
+        "--log.level",
+        "debug",
+        "--log.repeat-burst",
+        "2",
+    ]);
+    let text = wait_for_metrics(&lw, Duration::from_secs(15), "suppressed lines", |t| {
+        sample(t, r#"loopwatch_log_suppressed_total{level="debug"}"#).is_some_and(|v| v >= 5.0)
+    });
+    assert_promtool_clean(&text);
+    let log = lw.stderr();
+    let repeats = log
+        .lines()
+        .filter(|l| l.contains(r#"message="Collector poll failed again""#))
+        .count();
+    assert_eq!(repeats, 2, "{log}");
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains(r#"message="Collector poll failed""#))
+            .count(),
+        1,
+        "{log}"
+    );
+
+    // 0s turns the limit off: every repeat is a line.
+    let lw = Exporter::start(&[
+        "--config.file",
+        cfg,
+        "--log.level",
+        "debug",
+        "--log.repeat-window",
+        "0s",
+    ]);
+    wait_for_metrics(&lw, Duration::from_secs(15), "repeated polls", |t| {
+        sample(t, r#"loopwatch_collector_errors_total{collector="postgres",reason="connect",target="gone"}"#)
+            .is_some_and(|v| v >= 6.0)
+    });
+    let log = lw.stderr();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains(r#"message="Collector poll failed again""#))
+            .count()
+            >= 4,
+        "{log}"
+    );
+}
