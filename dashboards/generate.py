@@ -78,13 +78,17 @@ class Board:
         self.y += 1
 
     def timeseries(self, title, desc, unit, targets, x, w, h=8, steps=None, minv=None, maxv=None,
-                   stack=False, legend_calcs=("lastNotNull", "max"), overrides=None):
+                   stack=False, legend_calcs=("lastNotNull", "max"), overrides=None, log=None):
         d = {"unit": unit, "color": {"mode": "palette-classic"},
              "custom": {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never",
                         "spanNulls": False, "axisSoftMin": 0,
                         "stacking": {"mode": "normal" if stack else "none", "group": "A"},
                         "thresholdsStyle": {"mode": "line" if steps else "off"}},
              "thresholds": thresholds(steps or [("green", None)])}
+        if log:
+            # A logarithmic axis (base `log`) has no 0 to start from.
+            del d["custom"]["axisSoftMin"]
+            d["custom"]["scaleDistribution"] = {"type": "log", "log": log}
         if minv is not None:
             d["min"] = minv
         if maxv is not None:
@@ -281,12 +285,14 @@ def overview():
     b.down(8)
 
     b.timeseries("Exporter memory", "Resident memory (process_resident_memory_bytes) of the loopwatch process. Steady growth with a constant set of apps and loops is a leak.",
-                 "bytes", [target(f'process_resident_memory_bytes{{{SEL}}}', "RSS {{instance}}")], 0, 8)
+                 "bytes", [target(f'process_resident_memory_bytes{{{SEL}}}', "RSS {{instance}}")], 0, 6)
     b.timeseries("Exporter CPU", "CPU used by the loopwatch process, as a fraction of one core (rate of process_cpu_seconds_total).",
-                 "percentunit", [target(f'rate(process_cpu_seconds_total{{{SEL}}}[{RI}])', "CPU {{instance}}")], 8, 8)
+                 "percentunit", [target(f'rate(process_cpu_seconds_total{{{SEL}}}[{RI}])', "CPU {{instance}}")], 6, 6)
     b.timeseries("Exporter file descriptors", "Open file descriptors of the loopwatch process as a fraction of its limit (process_open_fds / process_max_fds).",
-                 "percentunit", [target(f'process_open_fds{{{SEL}}} / (process_max_fds{{{SEL}}} > 0)', "fds {{instance}}")], 16, 8,
+                 "percentunit", [target(f'process_open_fds{{{SEL}}} / (process_max_fds{{{SEL}}} > 0)', "fds {{instance}}")], 12, 6,
                  steps=[("green", None), ("orange", 0.8)], minv=0, maxv=1)
+    b.timeseries("Log lines suppressed", "loopwatch's own log lines dropped per second by its per-message rate limit, by level (rate of loopwatch_log_suppressed_total): the same message is logged at most --log.repeat-burst times (3) per --log.repeat-window (5m), so a failing target or a flood of bad input cannot fill the journal. Suppressed lines are repeats of a line already logged; a steady rate of error or warn lines means something keeps failing (see the collector panels above). No alert: the failure itself has one.",
+                 "cps", [target(f'sum by (instance, level) (rate(loopwatch_log_suppressed_total{{{SEL}}}[{RI}])) > 0', "{{level}} {{instance}}")], 18, 6, minv=0)
     b.down(8)
 
     # ------------------------------------------------------------ Own runtime
@@ -344,7 +350,8 @@ def overview():
               "Process groups configured in the processes section.")],
         [RUNBOOKS_LINK,
          link_to("Event loops", "loopwatch-event-loops", "Apps' event loops: stalls, lag, tasks, pools, rate limits, ingest"),
-         link_to("Database", "loopwatch-database", "PostgreSQL connections, PgBouncer and apps' connection pools")])
+         link_to("Database", "loopwatch-database", "PostgreSQL connections, PgBouncer and apps' connection pools"),
+         link_to("Rate limits", "loopwatch-ratelimits", "API rate-limit budgets: remaining, reset, burn rate, throttling")])
 
 
 # ======================================================================= Event loops
@@ -438,22 +445,22 @@ def event_loops():
     b.down(8)
 
     # ------------------------------------------------------------ Pools and rate limits
-    b.row("Pools and rate limits reported by apps")
-    b.timeseries("Pool connections in use vs max", "Connections checked out of each client-side pool (loopwatch_pool_in_use, solid) against its maximum (loopwatch_pool_max, dashed), as the apps report them. In use at max with callers waiting: the pool is exhausted.",
+    b.row("Pools and rate limits")
+    b.timeseries("Pool connections in use vs max", "Connections checked out of each client-side pool (loopwatch_pool_in_use, solid) against its maximum (loopwatch_pool_max, dashed), as the apps report them, summed over each app's live processes. In use at max with callers waiting: the pool of every process is exhausted.",
                  "short", [target(f'loopwatch_pool_in_use{{{APP}}}', "in use {{app_name}}/{{pool}} {{instance}}", "A"),
                            target(f'loopwatch_pool_max{{{APP}}}', "max {{app_name}}/{{pool}} {{instance}}", "B")], 0, 12, minv=0,
                  overrides=[{"matcher": {"id": "byRegexp", "options": "^max "},
                              "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
                                             {"id": "custom.fillOpacity", "value": 0}]}])
-    b.timeseries("Pool waiters", "Callers waiting for a connection of each pool (loopwatch_pool_waiting). Any waiting means requests queue for the pool: raise its size (within the server's limit) or hold connections for less time.",
+    b.timeseries("Pool waiters", "Callers waiting for a connection of each pool (loopwatch_pool_waiting, summed over the app's live processes). Any waiting means requests queue for the pool: raise its size (within the server's limit) or hold connections for less time.",
                  "short", [target(f'loopwatch_pool_waiting{{{APP}}}', "{{app_name}}/{{pool}} {{instance}}")], 12, 12, minv=0,
                  steps=[("green", None), ("red", 1)])
     b.down(8)
-    b.timeseries("Rate limit remaining", "Requests left in each API's rate-limit window as a fraction of its limit (loopwatch_ratelimit_remaining / loopwatch_ratelimit_limit), as apps last saw them in response headers. Near 0 the API starts to refuse requests until the window resets. Rate limits belong to the API, not to an app: not filtered by app.",
-                 "percentunit", [target(f'loopwatch_ratelimit_remaining{{{SEL}}} / (loopwatch_ratelimit_limit{{{SEL}}} > 0)', "{{api}}/{{resource}} {{instance}}")], 0, 12,
+    b.timeseries("Rate limit remaining", "Requests left in each rate-limit budget ({api, resource, token}) as a fraction of its limit (loopwatch_ratelimit_remaining / loopwatch_ratelimit_limit), as the ratelimits collector polled it or an app last saw it in response headers. Near 0 the API starts to refuse requests until the window resets. Rate limits belong to an API token, not to an app: not filtered by app. The Rate limits dashboard has the burn rate, projections and throttling.",
+                 "percentunit", [target(f'loopwatch_ratelimit_remaining{{{SEL}}} / (loopwatch_ratelimit_limit{{{SEL}}} > 0)', "{{api}}/{{resource}} {{token}} {{instance}}")], 0, 12,
                  steps=[("red", None), ("orange", 0.1), ("green", 0.25)], minv=0, maxv=1)
-    b.timeseries("Rate limit reset in", "Time until each API's rate-limit window resets (loopwatch_ratelimit_reset_timestamp_seconds - time()). 0: the window has reset since the last report.",
-                 "s", [target(f'clamp_min(loopwatch_ratelimit_reset_timestamp_seconds{{{SEL}}} - time(), 0)', "{{api}}/{{resource}} {{instance}}")], 12, 12, minv=0)
+    b.timeseries("Rate limit reset in", "Time until each rate-limit budget's window resets (loopwatch_ratelimit_reset_timestamp_seconds - time()). 0: the window has reset since the last observation.",
+                 "s", [target(f'clamp_min(loopwatch_ratelimit_reset_timestamp_seconds{{{SEL}}} - time(), 0)', "{{api}}/{{resource}} {{token}} {{instance}}")], 12, 12, minv=0)
     b.down(8)
 
     # ------------------------------------------------------------ Ingest
@@ -477,7 +484,8 @@ def event_loops():
               "Loops of the selected apps.")],
         [RUNBOOKS_LINK,
          link_to("Overview", "loopwatch-overview", "loopwatch itself, its own runtime and the process groups"),
-         link_to("Database", "loopwatch-database", "PostgreSQL connections, PgBouncer and apps' connection pools")])
+         link_to("Database", "loopwatch-database", "PostgreSQL connections, PgBouncer and apps' connection pools"),
+         link_to("Rate limits", "loopwatch-ratelimits", "API rate-limit budgets: remaining, reset, burn rate, throttling")])
 
 
 # ======================================================================= Database
@@ -579,10 +587,12 @@ def database():
     b.timeseries("Longest client wait", "How long the oldest waiting client of each pool has waited for a server connection (loopwatch_pgbouncer_max_wait_seconds; 0 when none waits). Over 1s for 2 minutes fires LoopwatchPgBouncerClientsWaiting.",
                  "s", [target(f'loopwatch_pgbouncer_max_wait_seconds{{{PGB}}}', "{{database}}/{{user}} " + TGT)], 0, 8, minv=0,
                  steps=[("green", None), ("red", 1)])
-    b.timeseries("Servers vs pool size", "Server connections per database (sum of loopwatch_pgbouncer_servers, all states) against the database's server pool size (loopwatch_pgbouncer_pool_size, dashed). Servers at the pool size with clients waiting: raise pool_size, within PostgreSQL's usable connections.",
-                 "short", [target(f'sum by (instance, target, database) (loopwatch_pgbouncer_servers{{{PGB}}})', "servers {{database}} " + TGT, "A"),
-                           target(f'loopwatch_pgbouncer_pool_size{{{PGB}}}', "pool size {{database}} " + TGT, "B")], 8, 8, minv=0,
-                 overrides=[dashed("^pool size ")])
+    b.timeseries("Server connections vs limits", "Server connections open to each database across all its pools (loopwatch_pgbouncer_database_connections, SHOW DATABASES current_connections) against its pool_size (loopwatch_pgbouncer_pool_size, dashed), pool_size + reserve_pool_size (loopwatch_pgbouncer_reserve_pool_size, dashed orange: a pool opens the reserve when a client has waited longer than reserve_pool_timeout) and max_db_connections (loopwatch_pgbouncer_max_db_connections, dashed red, drawn only when set; 0 is unlimited). pool_size and the reserve apply to each pool (database and user), max_db_connections to the database as a whole. Above pool_size the reserve is in use: bursts outgrow the pool. At max_db_connections clients wait even if their pool has room. Raise the limits only within PostgreSQL's usable connections.",
+                 "short", [target(f'loopwatch_pgbouncer_database_connections{{{PGB}}}', "connections {{database}} " + TGT, "A"),
+                           target(f'loopwatch_pgbouncer_pool_size{{{PGB}}}', "pool_size {{database}} " + TGT, "B"),
+                           target(f'loopwatch_pgbouncer_pool_size{{{PGB}}} + loopwatch_pgbouncer_reserve_pool_size{{{PGB}}}', "pool_size + reserve {{database}} " + TGT, "C"),
+                           target(f'loopwatch_pgbouncer_max_db_connections{{{PGB}}} > 0', "max_db_connections {{database}} " + TGT, "D")], 8, 8, minv=0,
+                 overrides=[dashed("^pool_size [^+]"), dashed("^pool_size \\+ reserve ", "orange"), dashed("^max_db_connections ", "red")])
     b.timeseries("Clients vs max_client_conn", "All client connections of each PgBouncer (sum of loopwatch_pgbouncer_clients) against its max_client_conn (loopwatch_pgbouncer_max_client_connections, dashed red); beyond it PgBouncer refuses new clients.",
                  "short", [target(f'sum by (instance, target) (loopwatch_pgbouncer_clients{{{PGB}}})', "clients " + TGT, "A"),
                            target(f'loopwatch_pgbouncer_max_client_connections{{{PGB}}}', "max_client_conn " + TGT, "B")], 16, 8, minv=0,
@@ -595,7 +605,7 @@ def database():
     # ------------------------------------------------------------ Pools
     b.row("Pools")
     WHO = "{{app_name}}/{{pool}} {{instance}}"
-    b.timeseries("Pool connections in use vs max", "Connections checked out of each client-side pool (loopwatch_pool_in_use, solid) against its maximum (loopwatch_pool_max, dashed), as apps report them; loopwatch's own pools are app loopwatch, one per target. In use at max with callers waiting for 1 minute fires LoopwatchPoolStarved.",
+    b.timeseries("Pool connections in use vs max", "Connections checked out of each client-side pool (loopwatch_pool_in_use, solid) against its maximum (loopwatch_pool_max, dashed), as apps report them, summed over each app's live processes; loopwatch's own pools are app loopwatch, one per target. In use at max (every process's pool full) with callers waiting for 1 minute fires LoopwatchPoolStarved.",
                  "short", [target(f'loopwatch_pool_in_use{{{APP}}}', "in use " + WHO, "A"),
                            target(f'loopwatch_pool_max{{{APP}}}', "max " + WHO, "B")], 0, 12, minv=0,
                  overrides=[dashed("^max ")])
@@ -603,11 +613,11 @@ def database():
                  "short", [target(f'loopwatch_pool_waiting{{{APP}}}', WHO)], 12, 12, minv=0,
                  steps=[("green", None), ("red", 1)])
     b.down(8)
-    b.timeseries("Connection budget", "The maxima of the selected pools, stacked (loopwatch_pool_max), against the connections applications may open on each selected PostgreSQL target (max_connections - reserved, dashed red). A stack above the line is an overcommit: under enough load the pools together ask for more connections than the server accepts, and the last ones fail. It assumes every pool shown connects to this server directly: narrow the App variable to those that do (pools behind PgBouncer count against PgBouncer's pool size instead). Each replica or worker process of an app has its own pool.",
+    b.timeseries("Connection budget", "The maxima of the selected pools, stacked (loopwatch_pool_max), against the connections applications may open on each selected PostgreSQL target (max_connections - reserved, dashed red). A stack above the line is an overcommit: under enough load the pools together ask for more connections than the server accepts, and the last ones fail. It assumes every pool shown connects to this server directly: narrow the App variable to those that do (pools behind PgBouncer count against PgBouncer's pool size instead). Each pool's maximum is summed over the app's live processes that report to the selected loopwatch instances: replicas on other hosts count once their instances are selected too.",
                  "short", [target(f'loopwatch_pool_max{{{APP}}}', WHO, "A"),
                            target(USABLE, "usable " + TGT, "B")], 0, 16, stack=True, minv=0,
                  overrides=[dashed("^usable ", "red")])
-    b.table("Pools now", "Each client-side pool as last reported (loopwatch_pool_size: connections open, loopwatch_pool_max, loopwatch_pool_in_use, loopwatch_pool_waiting).",
+    b.table("Pools now", "Each client-side pool as last reported, summed over the app's live processes (loopwatch_pool_size: connections open, loopwatch_pool_max, loopwatch_pool_in_use, loopwatch_pool_waiting).",
             "short", [target(f'loopwatch_pool_size{{{APP}}}', "", "A", instant=True, fmt="table"),
                       target(f'loopwatch_pool_max{{{APP}}}', "", "B", instant=True, fmt="table"),
                       target(f'loopwatch_pool_in_use{{{APP}}}', "", "C", instant=True, fmt="table"),
@@ -635,13 +645,146 @@ def database():
               "Apps that report client pools (loopwatch's own pools are the app loopwatch). For the connection budget, select those whose pools connect to the selected server.")],
         [RUNBOOKS_LINK,
          link_to("Overview", "loopwatch-overview", "loopwatch itself, its own runtime and the process groups"),
-         link_to("Event loops", "loopwatch-event-loops", "Apps' event loops: stalls, lag, tasks, pools, rate limits, ingest")])
+         link_to("Event loops", "loopwatch-event-loops", "Apps' event loops: stalls, lag, tasks, pools, rate limits, ingest"),
+         link_to("Rate limits", "loopwatch-ratelimits", "API rate-limit budgets: remaining, reset, burn rate, throttling")])
+
+
+# ======================================================================= Rate limits
+
+def ratelimits():
+    RL = SEL + ', api=~"$api", token=~"$token"'
+    # The ratelimits collector's targets are named <api>/<token>.
+    COLL = SEL + ', collector="ratelimits", target=~"$api/$token"'
+    WHO = "{{api}}/{{resource}} {{token}} {{instance}}"
+    REM = f'loopwatch_ratelimit_remaining{{{RL}}}'
+    LIM = f'loopwatch_ratelimit_limit{{{RL}}}'
+    RESET_IN = f'clamp_min(loopwatch_ratelimit_reset_timestamp_seconds{{{RL}}} - time(), 0)'
+    # The same burn rate as the recording rule
+    # api_resource_token:loopwatch_ratelimit_remaining:burn_rate15m in
+    # alerts/ratelimits.yml, computed here so the dashboard works without it.
+    BURN = f'clamp_min(-deriv(loopwatch_ratelimit_remaining{{{RL}}}[15m]), 0)'
+    AGE = f'time() - loopwatch_ratelimit_observed_timestamp_seconds{{{RL}}}'
+    THROTTLED = f'loopwatch_ratelimit_throttled_total{{{RL}}}'
+    b = Board()
+
+    # ------------------------------------------------------------ Now
+    b.row("Now")
+    b.table("Budgets now", "One row per rate-limit budget ({api, resource, token}) as last observed: its limit per window (loopwatch_ratelimit_limit), the requests left (loopwatch_ratelimit_remaining) and their share of the limit, the time to the window's reset (loopwatch_ratelimit_reset_timestamp_seconds - now), the burn rate (requests spent per second over the last 15 minutes), when the budget runs out at that rate (empty while it lasts past the reset or nothing is spent), and the age of the observation (now - loopwatch_ratelimit_observed_timestamp_seconds). A budget whose polls fail has only its age: the values are absent, never zeros.",
+            "short", [target(LIM, "", "A", instant=True, fmt="table"),
+                      target(REM, "", "B", instant=True, fmt="table"),
+                      target(f'{REM} / ({LIM} > 0)', "", "C", instant=True, fmt="table"),
+                      target(RESET_IN, "", "D", instant=True, fmt="table"),
+                      target(BURN, "", "E", instant=True, fmt="table"),
+                      target(f'{REM} / ({BURN} > 0) < {RESET_IN}', "", "F", instant=True, fmt="table"),
+                      target(AGE, "", "G", instant=True, fmt="table")],
+            0, 24, 8,
+            [{"id": "merge", "options": {}},
+             {"id": "organize", "options": {"excludeByName": {"Time": True, "job": True, "__name__": True},
+                                            "indexByName": {"api": 0, "resource": 1, "token": 2, "instance": 3, "Value #A": 4, "Value #B": 5, "Value #C": 6,
+                                                            "Value #D": 7, "Value #E": 8, "Value #F": 9, "Value #G": 10},
+                                            "renameByName": {"Value #A": "Limit", "Value #B": "Remaining", "Value #C": "Left",
+                                                             "Value #D": "Resets in", "Value #E": "Burn rate", "Value #F": "Runs out in",
+                                                             "Value #G": "Observed"}}},
+             {"id": "sortBy", "options": {"fields": {}, "sort": [{"field": "Left"}]}}],
+            overrides=[
+                {"matcher": {"id": "byName", "options": "Limit"}, "properties": [{"id": "decimals", "value": 0}]},
+                {"matcher": {"id": "byName", "options": "Remaining"}, "properties": [{"id": "decimals", "value": 0}]},
+                {"matcher": {"id": "byName", "options": "Left"},
+                 "properties": [{"id": "unit", "value": "percentunit"}, {"id": "min", "value": 0}, {"id": "max", "value": 1},
+                                {"id": "thresholds", "value": thresholds([("red", None), ("orange", 0.1), ("green", 0.25)])},
+                                {"id": "custom.cellOptions", "value": {"type": "gauge", "mode": "basic"}}]},
+                {"matcher": {"id": "byName", "options": "Resets in"}, "properties": [{"id": "unit", "value": "s"}]},
+                {"matcher": {"id": "byName", "options": "Burn rate"}, "properties": [{"id": "unit", "value": "reqps"}]},
+                {"matcher": {"id": "byName", "options": "Runs out in"},
+                 "properties": [{"id": "unit", "value": "s"},
+                                {"id": "thresholds", "value": thresholds([("red", None)])},
+                                {"id": "custom.cellOptions", "value": {"type": "color-text"}}]},
+                {"matcher": {"id": "byName", "options": "Observed"},
+                 "properties": [{"id": "unit", "value": "s"},
+                                {"id": "thresholds", "value": thresholds([("green", None), ("red", 900)])},
+                                {"id": "custom.cellOptions", "value": {"type": "color-text"}}]},
+            ])
+    b.down(8)
+
+    # ------------------------------------------------------------ Budget
+    b.row("Budget")
+    b.timeseries("Remaining of limit", "Requests left in each budget's window as a share of its limit (loopwatch_ratelimit_remaining / loopwatch_ratelimit_limit). It falls as requests are spent and jumps back to 100% when the window resets. Under 10% for 2 minutes, with the reset more than 10 minutes away, fires LoopwatchRateLimitLow.",
+                 "percentunit", [target(f'{REM} / ({LIM} > 0)', WHO)], 0, 12,
+                 steps=[("red", None), ("orange", 0.1), ("green", 0.25)], minv=0, maxv=1)
+    b.timeseries("Remaining and limit", "Requests left in each budget's window (loopwatch_ratelimit_remaining, solid) and the requests allowed per window (loopwatch_ratelimit_limit, dashed). The slope of the solid line is the burn rate; a drop of the dashed line is a smaller limit (a token that lost its plan, an app that fell back to unauthenticated requests).",
+                 "short", [target(REM, "remaining " + WHO, "A"),
+                           target(LIM, "limit " + WHO, "B")], 12, 12, minv=0,
+                 overrides=[dashed("^limit ")])
+    b.down(8)
+    b.timeseries("Time to reset", "Time until each budget's window resets and the remaining count returns to the limit (loopwatch_ratelimit_reset_timestamp_seconds - now; 0 once the reset time has passed without a new observation). GitHub's core and GraphQL windows last an hour from the first request, search a minute; generic APIs send their own.",
+                 "s", [target(RESET_IN, WHO)], 0, 8, minv=0)
+    b.timeseries("Burn rate vs sustainable rate", "Requests spent per second from each budget over the last 15 minutes (clamp_min(-deriv(loopwatch_ratelimit_remaining[15m]), 0), the recording rule api_resource_token:loopwatch_ratelimit_remaining:burn_rate15m; solid) against the rate that would spend exactly what is left by the reset (remaining / time to reset; dashed). Solid above dashed: at this rate the budget runs out before the reset. Right after a reset the burn reads low for up to 15 minutes (the slope sees the jump back up); for windows of a minute or two it reads near 0.",
+                 "reqps", [target(BURN, "burn " + WHO, "A"),
+                           target(f'{REM} / (loopwatch_ratelimit_reset_timestamp_seconds{{{RL}}} - time() > 0)', "sustainable " + WHO, "B")], 8, 8, minv=0,
+                 overrides=[dashed("^sustainable ")])
+    b.timeseries("Projected exhaustion vs reset", "When each budget runs out at the burn rate of the last 15 minutes (remaining / burn rate; solid, drawn while something is spent) against when its window resets (dashed), on a logarithmic axis. Solid below dashed: the budget runs out before the reset, and requests are refused from then until the reset. LoopwatchRateLimitExhaustionProjected fires when that holds for 10 minutes, at the 5-minute burn rate too.",
+                 "s", [target(f'{REM} / ({BURN} > 0)', "runs out " + WHO, "A"),
+                       target(RESET_IN, "resets " + WHO, "B")], 16, 8, log=10,
+                 overrides=[dashed("^resets ")])
+    b.down(8)
+
+    # ------------------------------------------------------------ Throttling
+    b.row("Throttling")
+    # A {…, kind} series may be created by its first throttled request, so
+    # it appears at 1 and increase() has no earlier sample to count that one
+    # from: series that did not exist when the range began count in full.
+    new = f'({THROTTLED} unless {THROTTLED} offset $__range)'
+    b.timeseries("Throttled requests by kind", "Requests the API refused per interval, by kind (increase of loopwatch_ratelimit_throttled_total): primary (red) when the budget was spent (403/429 with remaining 0), secondary (orange) for GitHub's secondary (abuse) limits, or a 429 from an API whose budget was not spent. Only budgets with refusals are drawn. Any primary refusal fires LoopwatchRateLimitExhausted, any secondary one LoopwatchRateLimitSecondaryThrottled. A series created by its first refusal starts at 1, which an increase cannot see: the table beside counts it.",
+                 "short", [target(f'sum by (instance, api, resource, token, kind) (increase({THROTTLED}[{RI}])) > 0', "{{kind}} " + WHO)], 0, 16, minv=0,
+                 overrides=[{"matcher": {"id": "byRegexp", "options": "^primary "},
+                             "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]},
+                            {"matcher": {"id": "byRegexp", "options": "^secondary "},
+                             "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "orange"}}]}])
+    b.table("Throttled in the time range", "Requests refused in the dashboard's time range by budget and kind (loopwatch_ratelimit_throttled_total), most first, including a series created by its first refusal.",
+            "short", [target(f'sort_desc(sum by (api, resource, token, kind) ((increase({THROTTLED}[$__range]) unless {new}) or {new}) > 0)', "", instant=True, fmt="table")],
+            16, 8, 8,
+            [{"id": "organize", "options": {"excludeByName": {"Time": True},
+                                            "indexByName": {"api": 0, "resource": 1, "token": 2, "kind": 3, "Value": 4},
+                                            "renameByName": {"Value": "Refused"}}},
+             {"id": "sortBy", "options": {"fields": {}, "sort": [{"field": "Refused", "desc": True}]}}],
+            overrides=[{"matcher": {"id": "byName", "options": "Refused"}, "properties": [{"id": "decimals", "value": 0}]}])
+    b.down(8)
+
+    # ------------------------------------------------------------ Freshness and the ratelimits collector
+    b.row("Freshness and the ratelimits collector")
+    b.timeseries("Observation age", "Time since each budget was last observed (now - loopwatch_ratelimit_observed_timestamp_seconds): a successful poll of the ratelimits collector (every 60s by default), or a report from an app. It grows while polls fail (the values above are then absent) or while an app makes no requests to the API. Over 15 minutes for 5 minutes fires LoopwatchRateLimitStale.",
+                 "s", [target(AGE, WHO)], 0, 12, minv=0,
+                 steps=[("green", None), ("red", 900)])
+    b.stat("Collector polls", "Whether the last poll of each ratelimits collector target (<api>/<token>) succeeded (loopwatch_collector_success). FAILING for 5 minutes fires LoopwatchCollectorFailing; the reason is in the errors panel below. Budgets that apps report have no collector target.",
+           "none", [target(f'loopwatch_collector_success{{{COLL}}}', "{{target}} {{instance}}", instant=True)], 12, 12, h=8,
+           steps=[("red", None), ("green", 1)], mappings=okmap("OK", "FAILING"), text_mode="value_and_name")
+    b.down(8)
+    b.timeseries("Collector errors by reason", "Failed polls per second of each ratelimits collector target by reason (rate of loopwatch_collector_errors_total): auth (a revoked or expired token: 401), http_4xx (403 without a rate limit, 404: a wrong URL), http_5xx (the API fails), timeout, connect, parse (no rate-limit headers or an unexpected body), io, other. Only reasons with errors are drawn.",
+                 "cps", [target(f'sum by (instance, target, reason) (rate(loopwatch_collector_errors_total{{{COLL}}}[{RI}])) > 0', "{{target}} {{reason}} {{instance}}")], 0, 12, minv=0)
+    b.timeseries("Poll duration", "How long the last poll of each ratelimits collector target took (loopwatch_collector_duration_seconds). A poll that reaches the target's timeout is cut off and counted as a timeout error.",
+                 "s", [target(f'loopwatch_collector_duration_seconds{{{COLL}}}', "{{target}} {{instance}}")], 12, 12, minv=0)
+    b.down(8)
+
+    return dashboard(
+        "loopwatch / Rate limits", "loopwatch-ratelimits",
+        "API rate-limit budgets per api, resource and token, polled by the ratelimits collector (GitHub's /rate_limit, RateLimit-* headers) or reported by apps: what is left, when it resets, how fast it is spent and whether it lasts until the reset, refused requests, and how fresh the observations are.",
+        b.panels,
+        [DATASOURCE_VAR, JOB_VAR, INSTANCE_VAR,
+         qvar("api", "API", 'label_values(loopwatch_ratelimit_observed_timestamp_seconds{job=~"$job", instance=~"$instance"}, api)', True, True,
+              "APIs whose rate limits the selected loopwatch instances observe (ratelimits collector targets and apps' reports)."),
+         qvar("token", "Token", 'label_values(loopwatch_ratelimit_observed_timestamp_seconds{job=~"$job", instance=~"$instance", api=~"$api"}, token)', True, True,
+              "Tokens of the selected APIs: a configured token's name, or the token name an app reports (by default the app's name). Never the token itself.")],
+        [RUNBOOKS_LINK,
+         link_to("Overview", "loopwatch-overview", "loopwatch itself, its own runtime and the process groups"),
+         link_to("Event loops", "loopwatch-event-loops", "Apps' event loops: stalls, lag, tasks, pools, rate limits, ingest"),
+         link_to("Database", "loopwatch-database", "PostgreSQL connections, PgBouncer and apps' connection pools")])
 
 
 DASHBOARDS = {
     "loopwatch-overview.json": overview,
     "loopwatch-event-loops.json": event_loops,
     "loopwatch-database.json": database,
+    "loopwatch-ratelimits.json": ratelimits,
 }
 
 
