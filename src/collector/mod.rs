@@ -9,6 +9,7 @@ pub mod driver;
 pub mod pgbouncer;
 pub mod postgres;
 pub mod processes;
+pub mod ratelimits;
 pub mod runtime;
 
 use std::future::Future;
@@ -134,5 +135,6 @@ pub fn build_collectors(config: &Config, shared: &Shared) -> Vec<Built> {
     built.extend(processes::build(&config.processes, shared));
     built.extend(postgres::build(&config.postgres));
     built.extend(pgbouncer::build(&config.pgbouncer));
+    built.extend(ratelimits::build(&config.ratelimits));
     built
 }

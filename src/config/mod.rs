@@ -37,6 +37,8 @@ pub struct Config {
     pub postgres: Vec<PostgresTargetConfig>,
     /// PgBouncer admin consoles to watch.
     pub pgbouncer: Vec<PgBouncerTargetConfig>,
+    /// API rate limits to poll.
+    pub ratelimits: Vec<RateLimitTargetConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,6 +233,106 @@ pub struct PgBouncerTargetConfig {
     pub connect_timeout: Option<Duration>,
 }
 
+/// How a rate-limit target is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitKind {
+    /// GitHub's `GET /rate_limit`, which costs no budget: every resource.
+    Github,
+    /// Any API that answers with rate-limit headers.
+    Http,
+}
+
+/// What a reset header's number means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetFormat {
+    /// Above 10^9 a Unix time, else seconds from now.
+    #[default]
+    Auto,
+    /// A Unix time in seconds.
+    Epoch,
+    /// Seconds from now.
+    Seconds,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Get,
+    Head,
+}
+
+/// An API whose rate limits are polled, once per token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitTargetConfig {
+    /// The `api` label value.
+    pub name: String,
+    pub kind: RateLimitKind,
+    /// `github`: the API base URL (default `https://api.github.com`; GitHub
+    /// Enterprise Server: `https://HOST/api/v3`). `http`: the URL to request.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default = "default_ratelimit_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_ratelimit_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Tokens to poll with, each its own budget; none means one anonymous poll.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// PEM file of extra CA certificates (an Enterprise Server's own CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `http`: the request method.
+    #[serde(default)]
+    pub method: Option<HttpMethod>,
+    /// `http`: the `resource` label; default `X-RateLimit-Resource`, else `default`.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// `http`: header names, when the API uses its own; default: the
+    /// `RateLimit-*`, `X-RateLimit-*` and `X-Rate-Limit-*` forms.
+    #[serde(default)]
+    pub limit_header: Option<String>,
+    #[serde(default)]
+    pub remaining_header: Option<String>,
+    #[serde(default)]
+    pub reset_header: Option<String>,
+    /// `http`: what the reset header's number means.
+    #[serde(default)]
+    pub reset_format: Option<ResetFormat>,
+    /// `http`: the header that carries the token (default `Authorization`)
+    /// and the text before it (default `Bearer `).
+    #[serde(default)]
+    pub token_header: Option<String>,
+    #[serde(default)]
+    pub token_prefix: Option<String>,
+}
+
+/// One API token: its `name` is the `token` label; the token itself appears nowhere.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    /// The token, usually `${ENV_VAR}`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// GitHub's `/rate_limit` costs nothing, but a minute is plenty for budgets
+/// that reset hourly, and an `http` poll may cost a request.
+fn default_ratelimit_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_ratelimit_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 fn default_db_interval() -> Duration {
     Duration::from_secs(15)
 }
@@ -321,11 +423,12 @@ impl ValidConfig {
     pub fn summary(&self) -> String {
         let c = &self.config;
         format!(
-            "runtime watch {}, {} process group(s), {} PostgreSQL and {} PgBouncer target(s), UDP ingest {}",
+            "runtime watch {}, {} process group(s), {} PostgreSQL, {} PgBouncer and {} rate-limit target(s), UDP ingest {}",
             if c.runtime.enabled { "on" } else { "off" },
             c.processes.len(),
             c.postgres.len(),
             c.pgbouncer.len(),
+            c.ratelimits.len(),
             if c.ingest.udp_listen_address.is_empty() {
                 "off"
             } else {
@@ -640,7 +743,110 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         };
         check_db_target(&mut problems, &mut seen, &format!("pgbouncer[{i}]"), target);
     }
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in config.ratelimits.iter().enumerate() {
+        check_ratelimit_target(&mut problems, &mut seen, &format!("ratelimits[{i}]"), t);
+    }
     problems
+}
+
+fn check_ratelimit_target<'a>(
+    problems: &mut Vec<(String, String)>,
+    seen: &mut std::collections::HashSet<&'a str>,
+    path: &str,
+    t: &'a RateLimitTargetConfig,
+) {
+    check_label_value(problems, format!("{path}.name"), &t.name);
+    if !seen.insert(&t.name) {
+        problems.push((
+            format!("{path}.name"),
+            format!("{:?} is used by an earlier target", t.name),
+        ));
+    }
+    check_schedule(problems, path, t.interval, t.timeout);
+    match (&t.url, t.kind) {
+        (None, RateLimitKind::Http) => problems.push((
+            format!("{path}.url"),
+            "is required for kind http".to_owned(),
+        )),
+        (Some(url), _) => {
+            if let Err(e) = crate::collector::ratelimits::parse_url(url) {
+                problems.push((format!("{path}.url"), e));
+            }
+        }
+        (None, RateLimitKind::Github) => {}
+    }
+    if t.kind == RateLimitKind::Github {
+        for (key, given) in [
+            ("method", t.method.is_some()),
+            ("resource", t.resource.is_some()),
+            ("limit_header", t.limit_header.is_some()),
+            ("remaining_header", t.remaining_header.is_some()),
+            ("reset_header", t.reset_header.is_some()),
+            ("reset_format", t.reset_format.is_some()),
+            ("token_header", t.token_header.is_some()),
+            ("token_prefix", t.token_prefix.is_some()),
+        ] {
+            if given {
+                problems.push((
+                    format!("{path}.{key}"),
+                    "applies to kind http only".to_owned(),
+                ));
+            }
+        }
+    }
+    if let Some(resource) = &t.resource {
+        check_label_value(problems, format!("{path}.resource"), resource);
+    }
+    for (key, header) in [
+        ("limit_header", &t.limit_header),
+        ("remaining_header", &t.remaining_header),
+        ("reset_header", &t.reset_header),
+        ("token_header", &t.token_header),
+    ] {
+        if let Some(h) = header {
+            if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                problems.push((
+                    format!("{path}.{key}"),
+                    format!("{h:?} is not an HTTP header name"),
+                ));
+            }
+        }
+    }
+    if let Some(ca) = &t.ca_file {
+        if let Err(e) = crate::collector::ratelimits::read_ca_file(ca) {
+            problems.push((format!("{path}.ca_file"), e));
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for (j, token) in t.tokens.iter().enumerate() {
+        let tpath = format!("{path}.tokens[{j}]");
+        check_label_value(problems, format!("{tpath}.name"), &token.name);
+        if !names.insert(token.name.as_str()) {
+            problems.push((
+                format!("{tpath}.name"),
+                format!("{:?} is used by an earlier token", token.name),
+            ));
+        }
+        match secret::resolve(token.token.as_deref(), token.token_file.as_deref()) {
+            Ok(Some(value)) if value.expose().is_empty() => {
+                problems.push((format!("{tpath}.token"), "is empty".to_owned()))
+            }
+            Ok(Some(value)) => {
+                if reqwest::header::HeaderValue::from_str(value.expose()).is_err() {
+                    problems.push((
+                        format!("{tpath}.token"),
+                        "contains characters an HTTP header cannot carry".to_owned(),
+                    ));
+                }
+            }
+            Ok(None) => problems.push((
+                format!("{tpath}.token"),
+                "give token or token_file".to_owned(),
+            )),
+            Err(e) => problems.push((format!("{tpath}.token"), e)),
+        }
+    }
 }
 
 #[cfg(test)]

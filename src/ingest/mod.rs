@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::config::IngestConfig;
 use crate::loops::{LoopHandle, LoopStatus, Loops};
-use protocol::{Body, Heartbeat, Message, Rejection, Stall, label_value};
+use protocol::{Body, Heartbeat, Message, Rejection, Stall, ThrottleKind, label_value};
 
 /// The label value that stands for everything beyond a cap.
 pub const OTHER: &str = "other";
@@ -52,7 +52,8 @@ struct IngestMetrics {
     blocking_calls: CounterVec,
     loop_info: GaugeVec,
     pool: [GaugeVec; 4],
-    ratelimit: [GaugeVec; 3],
+    ratelimit: [GaugeVec; 4],
+    throttled: CounterVec,
 }
 
 const FOLD_KINDS: [&str; 5] = ["task", "exception", "site", "pool", "ratelimit"];
@@ -75,19 +76,12 @@ pub const POOL_FIELDS: [(&str, &str); 4] = [
         "Callers waiting for a connection of the pool, as last reported.",
     ),
 ];
-const RATELIMIT_FIELDS: [(&str, &str); 3] = [
-    (
-        "loopwatch_ratelimit_limit",
-        "Requests allowed per rate-limit window, as last observed.",
-    ),
-    (
-        "loopwatch_ratelimit_remaining",
-        "Requests left in the rate-limit window, as last observed.",
-    ),
-    (
-        "loopwatch_ratelimit_reset_timestamp_seconds",
-        "Unix time when the rate-limit window resets, as last observed.",
-    ),
+/// The rate-limit families, shared with the `ratelimits` collector.
+const RATELIMIT_FIELDS: [(&str, &str); 4] = [
+    crate::collector::ratelimits::LIMIT,
+    crate::collector::ratelimits::REMAINING,
+    crate::collector::ratelimits::RESET,
+    crate::collector::ratelimits::OBSERVED,
 ];
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: T) -> T {
@@ -183,7 +177,13 @@ impl IngestMetrics {
                 ],
             ),
             pool: POOL_FIELDS.map(|(name, help)| gauge(name, help, &["app_name", "pool"])),
-            ratelimit: RATELIMIT_FIELDS.map(|(name, help)| gauge(name, help, &["api", "resource"])),
+            ratelimit: RATELIMIT_FIELDS
+                .map(|(name, help)| gauge(name, help, &["api", "resource", "token"])),
+            throttled: counter(
+                crate::collector::ratelimits::THROTTLED.0,
+                crate::collector::ratelimits::THROTTLED.1,
+                &["api", "resource", "token", "kind"],
+            ),
         }
     }
 }
@@ -295,7 +295,8 @@ impl AppEntry {
 struct State {
     config: IngestConfig,
     apps: HashMap<String, AppEntry>,
-    ratelimits: HashMap<(String, String), Instant>,
+    /// `{api, resource, token}` reported by apps, and when last.
+    ratelimits: HashMap<[String; 3], Instant>,
 }
 
 /// Apps' loops and reports.
@@ -405,23 +406,32 @@ impl Ingest {
         let state = &mut *guard;
         let config = &state.config;
         if let Body::RateLimit(rl) = &m.body {
-            // Rate limits belong to the API, not to the loop that saw them.
-            let key = (rl.api.clone(), rl.resource.clone());
+            // Rate limits belong to the API and token, not to the loop that saw them.
+            let token = rl.token.as_deref().unwrap_or(&m.app);
+            let key = [rl.api.clone(), rl.resource.clone(), token.to_owned()];
             let key = if state.ratelimits.contains_key(&key)
                 || state.ratelimits.len() < config.max_ratelimits
             {
                 key
             } else {
                 self.folded("ratelimit", 1.0);
-                (OTHER.to_owned(), OTHER.to_owned())
+                [OTHER.to_owned(), OTHER.to_owned(), OTHER.to_owned()]
             };
-            let labels = [key.0.as_str(), key.1.as_str()];
-            let [limit, remaining, reset] = &self.metrics.ratelimit;
-            limit.with_label_values(&labels).set(rl.limit as f64);
-            remaining
-                .with_label_values(&labels)
-                .set(rl.remaining as f64);
-            reset.with_label_values(&labels).set(rl.reset);
+            let labels = [key[0].as_str(), key[1].as_str(), key[2].as_str()];
+            if let Some((limit, remaining, reset)) = rl.budget() {
+                let [l, r, t, observed] = &self.metrics.ratelimit;
+                l.with_label_values(&labels).set(limit as f64);
+                r.with_label_values(&labels).set(remaining as f64);
+                t.with_label_values(&labels).set(reset);
+                observed.with_label_values(&labels).set(unix_now());
+            }
+            if let Some(kind) = rl.throttled {
+                let [api, resource, token] = labels;
+                self.metrics
+                    .throttled
+                    .with_label_values(&[api, resource, token, kind.as_str()])
+                    .inc();
+            }
             state.ratelimits.insert(key, Instant::now());
             return Ok(());
         }
@@ -718,11 +728,17 @@ impl Ingest {
             }
         }
         state.apps.retain(|_, app| !app.loops.is_empty());
-        state.ratelimits.retain(|(api, resource), seen| {
+        state.ratelimits.retain(|[api, resource, token], seen| {
             let keep = seen.elapsed() <= expiry;
             if !keep {
+                let labels = [api.as_str(), resource.as_str(), token.as_str()];
                 for gauge in &m.ratelimit {
-                    let _ = gauge.remove_label_values(&[api, resource]);
+                    let _ = gauge.remove_label_values(&labels);
+                }
+                for kind in [ThrottleKind::Primary, ThrottleKind::Secondary] {
+                    let _ = m
+                        .throttled
+                        .remove_label_values(&[api, resource, token, kind.as_str()]);
                 }
             }
             keep

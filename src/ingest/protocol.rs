@@ -136,9 +136,42 @@ pub struct Pool {
 pub struct RateLimit {
     pub api: String,
     pub resource: String,
-    pub limit: u64,
-    pub remaining: u64,
-    pub reset: f64,
+    /// The token's name (never the token); loopwatch uses the app's name without it.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The budget, when the response carried it: all three or none.
+    #[serde(default)]
+    pub limit: Option<u64>,
+    #[serde(default)]
+    pub remaining: Option<u64>,
+    #[serde(default)]
+    pub reset: Option<f64>,
+    /// The API refused a request for its rate limit.
+    #[serde(default)]
+    pub throttled: Option<ThrottleKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThrottleKind {
+    Primary,
+    Secondary,
+}
+
+impl ThrottleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThrottleKind::Primary => "primary",
+            ThrottleKind::Secondary => "secondary",
+        }
+    }
+}
+
+impl RateLimit {
+    /// limit, remaining and reset, when the message carries the budget.
+    pub fn budget(&self) -> Option<(u64, u64, f64)> {
+        Some((self.limit?, self.remaining?, self.reset?))
+    }
 }
 
 /// `app`, `loop`, `pool`, `api`, `resource`: 1–64 of `A–Z a–z 0–9 _ . : -`.
@@ -236,7 +269,20 @@ pub fn parse(raw: &[u8]) -> Result<Message, Rejection> {
         }
         "ratelimit" => {
             let rl: RateLimit = decode(object)?;
-            if !valid_name(&rl.api) || !valid_name(&rl.resource) || !finite(rl.reset, 0.0, 1e11) {
+            let parts = [
+                rl.limit.is_some(),
+                rl.remaining.is_some(),
+                rl.reset.is_some(),
+            ];
+            let budget_ok = match rl.budget() {
+                Some((_, _, reset)) => finite(reset, 0.0, 1e11),
+                None => parts == [false; 3] && rl.throttled.is_some(),
+            };
+            if !valid_name(&rl.api)
+                || !valid_name(&rl.resource)
+                || rl.token.as_deref().is_some_and(|t| !valid_name(t))
+                || !budget_ok
+            {
                 return Err(Rejection::Invalid);
             }
             Body::RateLimit(rl)
@@ -278,8 +324,31 @@ mod tests {
             parse(rl).expect("ratelimit").body,
             Body::RateLimit(_)
         ));
+        let throttled = br#"{"v":1,"type":"ratelimit","app":"a","loop":"l","pid":1,"api":"github","resource":"core","token":"ci","throttled":"secondary"}"#;
+        let Body::RateLimit(rl) = parse(throttled).expect("throttled").body else {
+            panic!("not a ratelimit")
+        };
+        assert_eq!(rl.throttled, Some(ThrottleKind::Secondary));
+        assert_eq!(rl.budget(), None);
         let bye = br#"{"v":1,"type":"bye","app":"a","loop":"l","pid":1}"#;
         assert_eq!(parse(bye).expect("bye").body, Body::Bye);
+    }
+
+    #[test]
+    fn a_ratelimit_carries_its_whole_budget_or_a_throttle() {
+        for raw in [
+            r#"{"api":"x","resource":"core"}"#,
+            r#"{"api":"x","resource":"core","limit":10,"remaining":1}"#,
+            r#"{"api":"x","resource":"core","limit":10,"remaining":1,"reset":-1}"#,
+            r#"{"api":"x","resource":"core","throttled":"tertiary"}"#,
+            r#"{"api":"x","resource":"core","token":"a b","throttled":"primary"}"#,
+        ] {
+            let msg = format!(
+                r#"{{"v":1,"type":"ratelimit","app":"a","loop":"l","pid":1,{}"#,
+                &raw[1..]
+            );
+            assert_eq!(parse(msg.as_bytes()), Err(Rejection::Invalid), "{msg}");
+        }
     }
 
     #[test]

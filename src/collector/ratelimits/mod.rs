@@ -1,0 +1,610 @@
+//! API rate limits: how much budget is left and when it resets, per API,
+//! resource and token, polled from GitHub's `GET /rate_limit` (which costs no
+//! budget) or from any API's rate-limit response headers.
+//!
+//! Each token is its own collector (`target="<api>/<token>"`), so one revoked
+//! token fails alone. A failed poll leaves the value series out — a zero would
+//! read as "exhausted" — but keeps `loopwatch_ratelimit_observed_timestamp_seconds`,
+//! whose age then grows, and the throttled counters. After a `Retry-After`
+//! the API is not asked again before it allows.
+
+pub mod headers;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Certificate, Client, Method, StatusCode, Url};
+
+use super::{BoxFuture, Built, CollectError, Job, Periodic, Reason};
+use crate::config::{HttpMethod, RateLimitKind, RateLimitTargetConfig, secret};
+use crate::metrics::{Families, FamilyBuilder};
+
+/// The families, shared with the rate limits apps report (`ingest`).
+pub const LIMIT: (&str, &str) = (
+    "loopwatch_ratelimit_limit",
+    "Requests allowed per rate-limit window, as last observed.",
+);
+pub const REMAINING: (&str, &str) = (
+    "loopwatch_ratelimit_remaining",
+    "Requests left in the rate-limit window, as last observed.",
+);
+pub const RESET: (&str, &str) = (
+    "loopwatch_ratelimit_reset_timestamp_seconds",
+    "Unix time when the rate-limit window resets, as last observed.",
+);
+pub const OBSERVED: (&str, &str) = (
+    "loopwatch_ratelimit_observed_timestamp_seconds",
+    "Unix time of the latest observation of the rate limit; kept while polls fail, so time() minus it is the age of what the other ratelimit series show.",
+);
+pub const THROTTLED: (&str, &str) = (
+    "loopwatch_ratelimit_throttled_total",
+    "Requests the API refused for its rate limit, by kind: primary (budget exhausted) or secondary (GitHub's secondary limits, or a 429 while budget remains).",
+);
+
+const GITHUB_API: &str = "https://api.github.com";
+/// The `token` label of a target without tokens.
+const ANONYMOUS: &str = "anonymous";
+/// The longest wait a `Retry-After` or reset may impose before the next poll.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Error bodies are read this far, for their message.
+const MAX_ERROR_BODY: usize = 4096;
+/// GitHub returns a dozen resources; more than this is not a rate-limit answer.
+const MAX_RESOURCES: usize = 64;
+
+/// An `http(s)` URL without credentials (they would leak into errors).
+pub fn parse_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{text:?} must be an http or https URL"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain credentials: give them as tokens".to_owned());
+    }
+    Ok(url)
+}
+
+/// Extra CA certificates from a PEM file.
+pub fn read_ca_file(path: &Path) -> Result<Vec<Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} holds no PEM certificate: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+pub fn build(targets: &[RateLimitTargetConfig]) -> Vec<Built> {
+    let mut built = Vec::new();
+    for t in targets {
+        let shared = Target::new(t);
+        let tokens: Vec<(String, Result<Option<HeaderValue>, String>)> = if t.tokens.is_empty() {
+            vec![(ANONYMOUS.to_owned(), Ok(None))]
+        } else {
+            t.tokens
+                .iter()
+                .map(|tc| {
+                    let value = secret::resolve(tc.token.as_deref(), tc.token_file.as_deref())
+                        .and_then(|s| s.ok_or_else(|| "no token given".to_owned()))
+                        .and_then(|s| {
+                            let mut value = HeaderValue::from_str(&format!(
+                                "{}{}",
+                                shared.token_prefix,
+                                s.expose()
+                            ))
+                            .map_err(|_| "the token cannot be sent in a header".to_owned())?;
+                            value.set_sensitive(true);
+                            Ok(Some(value))
+                        });
+                    (tc.name.clone(), value)
+                })
+                .collect()
+        };
+        for (token, auth) in tokens {
+            built.push(Built {
+                kind: "ratelimits",
+                target: format!("{}/{token}", t.name),
+                job: Job::Periodic {
+                    interval: t.interval,
+                    timeout: t.timeout,
+                    collector: Box::new(TokenPoller {
+                        target: shared.clone(),
+                        token,
+                        auth,
+                        resources: BTreeMap::new(),
+                        observed: BTreeMap::new(),
+                        throttled: BTreeMap::new(),
+                        backoff: None,
+                    }),
+                },
+            });
+        }
+    }
+    built
+}
+
+/// What the tokens of one configured API share.
+#[derive(Clone)]
+struct Target {
+    api: String,
+    kind: RateLimitKind,
+    /// The URL requested, or why there is none.
+    url: Result<Url, String>,
+    client: Result<Client, String>,
+    method: Method,
+    resource: Option<String>,
+    names: headers::Names,
+    token_header: HeaderName,
+    token_prefix: String,
+}
+
+impl Target {
+    fn new(t: &RateLimitTargetConfig) -> Self {
+        let url = match t.kind {
+            RateLimitKind::Github => {
+                parse_url(t.url.as_deref().unwrap_or(GITHUB_API)).map(|mut base| {
+                    let path = format!("{}/rate_limit", base.path().trim_end_matches('/'));
+                    base.set_path(&path);
+                    base
+                })
+            }
+            RateLimitKind::Http => t
+                .url
+                .as_deref()
+                .ok_or_else(|| "no url".to_owned())
+                .and_then(parse_url),
+        };
+        let client = (|| {
+            let mut builder = Client::builder()
+                .user_agent(concat!("loopwatch/", env!("CARGO_PKG_VERSION")))
+                .timeout(t.timeout)
+                .connect_timeout(Duration::from_secs(3).min(t.timeout))
+                .redirect(reqwest::redirect::Policy::limited(3));
+            if let Some(path) = &t.ca_file {
+                for cert in read_ca_file(path)? {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            builder
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        })();
+        let token_header = t
+            .token_header
+            .as_deref()
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+            .unwrap_or(reqwest::header::AUTHORIZATION);
+        Self {
+            api: t.name.clone(),
+            kind: t.kind,
+            url,
+            client,
+            method: match t.method.unwrap_or_default() {
+                HttpMethod::Get => Method::GET,
+                HttpMethod::Head => Method::HEAD,
+            },
+            resource: t.resource.clone(),
+            names: headers::Names {
+                limit: t.limit_header.clone(),
+                remaining: t.remaining_header.clone(),
+                reset: t.reset_header.clone(),
+                reset_format: t.reset_format.unwrap_or_default(),
+            },
+            token_header,
+            token_prefix: t
+                .token_prefix
+                .clone()
+                .unwrap_or_else(|| "Bearer ".to_owned()),
+        }
+    }
+}
+
+/// One reading of one resource.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Reading {
+    limit: Option<f64>,
+    remaining: f64,
+    reset: Option<f64>,
+}
+
+/// Polls one API with one token.
+struct TokenPoller {
+    target: Target,
+    token: String,
+    /// The `token_header` value, marked sensitive; `None` for anonymous polls.
+    auth: Result<Option<HeaderValue>, String>,
+    /// The latest successful reading per resource; cleared when a poll fails.
+    resources: BTreeMap<String, Reading>,
+    /// Unix time of each resource's latest reading; kept when polls fail.
+    observed: BTreeMap<String, f64>,
+    throttled: BTreeMap<(String, &'static str), u64>,
+    /// After `Retry-After`: no request before this, and the error to report until then.
+    backoff: Option<(Instant, CollectError)>,
+}
+
+/// A response the API refused for its rate limit.
+enum Throttle {
+    Primary,
+    Secondary,
+}
+
+impl TokenPoller {
+    fn families(&self) -> Families {
+        let mut b = FamilyBuilder::default();
+        let api = self.target.api.as_str();
+        let token = self.token.as_str();
+        for (resource, r) in &self.resources {
+            let labels = [
+                ("api", api),
+                ("resource", resource.as_str()),
+                ("token", token),
+            ];
+            if let Some(limit) = r.limit {
+                b.gauge(LIMIT.0, LIMIT.1, &labels, limit);
+            }
+            b.gauge(REMAINING.0, REMAINING.1, &labels, r.remaining);
+            if let Some(reset) = r.reset {
+                b.gauge(RESET.0, RESET.1, &labels, reset);
+            }
+        }
+        for (resource, at) in &self.observed {
+            let labels = [
+                ("api", api),
+                ("resource", resource.as_str()),
+                ("token", token),
+            ];
+            b.gauge(OBSERVED.0, OBSERVED.1, &labels, *at);
+        }
+        for ((resource, kind), n) in &self.throttled {
+            let labels = [
+                ("api", api),
+                ("resource", resource.as_str()),
+                ("token", token),
+                ("kind", kind),
+            ];
+            b.counter(THROTTLED.0, THROTTLED.1, &labels, *n as f64);
+        }
+        b.finish()
+    }
+
+    async fn request(&self) -> Result<reqwest::Response, CollectError> {
+        let other = |e: &String| CollectError::new(Reason::Other, e.clone());
+        let url = self.target.url.as_ref().map_err(other)?;
+        let client = self.target.client.as_ref().map_err(other)?;
+        let auth = self.auth.as_ref().map_err(other)?;
+        let mut request = client.request(self.target.method.clone(), url.clone());
+        if self.target.kind == RateLimitKind::Github {
+            request = request
+                .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+                .header("X-GitHub-Api-Version", "2022-11-28");
+        }
+        if let Some(auth) = auth {
+            request = request.header(self.target.token_header.clone(), auth.clone());
+        }
+        request.send().await.map_err(|e| transport_error(&e))
+    }
+
+    /// One poll: the new readings, or why there are none.
+    async fn read(&mut self) -> Result<BTreeMap<String, Reading>, CollectError> {
+        let response = self.request().await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let observed = headers::read(&headers, &self.target.names);
+        let body = if self.target.method == Method::HEAD
+            || (status.is_success() && self.target.kind == RateLimitKind::Http)
+        {
+            String::new()
+        } else {
+            read_body(response, status).await?
+        };
+        let message = api_message(&body);
+
+        if let Some(kind) = throttle(status, &headers, observed.as_ref(), &message) {
+            let resource = self.resource_name(observed.as_ref());
+            let kind_label = match kind {
+                Throttle::Primary => "primary",
+                Throttle::Secondary => "secondary",
+            };
+            *self.throttled.entry((resource, kind_label)).or_default() += 1;
+            let wait = headers::retry_after(&headers).or_else(|| {
+                // Exhausted without Retry-After: GitHub says to wait for the reset.
+                observed
+                    .as_ref()
+                    .and_then(|o| o.reset)
+                    .map(|r| Duration::from_secs_f64((r - headers::unix_now()).max(0.0)))
+            });
+            let error = CollectError::new(
+                Reason::Http4xx,
+                format!("HTTP {status}: {kind_label} rate limit: {message}"),
+            );
+            if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+                self.backoff = Some((Instant::now() + wait.min(MAX_BACKOFF), error.clone()));
+            }
+            // A generic API's throttled answer still carries its budget.
+            if self.target.kind == RateLimitKind::Http {
+                if let Some(o) = observed {
+                    return Ok(self.single(&o));
+                }
+            }
+            return Err(error);
+        }
+        if !(status.is_success() || status.is_redirection()) {
+            let reason = match status {
+                StatusCode::UNAUTHORIZED => Reason::Auth,
+                s if s.is_server_error() => Reason::Http5xx,
+                _ => Reason::Http4xx,
+            };
+            return Err(CollectError::new(
+                reason,
+                format!("HTTP {status}: {message}"),
+            ));
+        }
+        match self.target.kind {
+            RateLimitKind::Github => github_resources(&body),
+            RateLimitKind::Http => match observed {
+                Some(o) => Ok(self.single(&o)),
+                None => Err(CollectError::new(
+                    Reason::Parse,
+                    format!(
+                        "HTTP {status} without rate-limit headers (looked for {})",
+                        self.looked_for()
+                    ),
+                )),
+            },
+        }
+    }
+
+    fn resource_name(&self, observed: Option<&headers::Observed>) -> String {
+        let from_headers = observed.and_then(|o| o.resource.as_deref());
+        match self.target.kind {
+            // GitHub names the budget it refused; without it, the default "core".
+            RateLimitKind::Github => from_headers.unwrap_or("core"),
+            RateLimitKind::Http => self
+                .target
+                .resource
+                .as_deref()
+                .or(from_headers)
+                .unwrap_or("default"),
+        }
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
+    }
+
+    fn single(&self, o: &headers::Observed) -> BTreeMap<String, Reading> {
+        let mut out = BTreeMap::new();
+        if let Some(remaining) = o.remaining {
+            out.insert(
+                self.resource_name(Some(o)),
+                Reading {
+                    limit: o.limit,
+                    remaining,
+                    reset: o.reset,
+                },
+            );
+        }
+        out
+    }
+
+    fn looked_for(&self) -> String {
+        let n = &self.target.names;
+        match &n.remaining {
+            Some(name) => name.clone(),
+            None => "X-RateLimit-Remaining, X-Rate-Limit-Remaining, RateLimit-Remaining, RateLimit"
+                .to_owned(),
+        }
+    }
+}
+
+/// Whether the response is a rate-limit refusal, and which kind.
+fn throttle(
+    status: StatusCode,
+    headers: &HeaderMap,
+    observed: Option<&headers::Observed>,
+    message: &str,
+) -> Option<Throttle> {
+    if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    if observed.and_then(|o| o.remaining) == Some(0.0) {
+        return Some(Throttle::Primary);
+    }
+    let secondary = message
+        .to_ascii_lowercase()
+        .contains("secondary rate limit")
+        || headers.contains_key(reqwest::header::RETRY_AFTER)
+        || status == StatusCode::TOO_MANY_REQUESTS;
+    secondary.then_some(Throttle::Secondary)
+}
+
+/// The body of an answer we need to read, bounded.
+async fn read_body(
+    mut response: reqwest::Response,
+    status: StatusCode,
+) -> Result<String, CollectError> {
+    let limit = if status.is_success() {
+        1 << 20
+    } else {
+        MAX_ERROR_BODY
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(&e))? {
+        body.extend_from_slice(&chunk);
+        if body.len() >= limit {
+            if status.is_success() {
+                return Err(CollectError::new(
+                    Reason::Parse,
+                    format!("the answer is larger than {limit} bytes"),
+                ));
+            }
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// GitHub's `message` from an error body, bounded and on one line.
+fn api_message(body: &str) -> String {
+    let text = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.to_owned());
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    let trimmed = one_line.trim();
+    if trimmed.is_empty() {
+        "no message".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Every resource of a `GET /rate_limit` answer.
+fn github_resources(body: &str) -> Result<BTreeMap<String, Reading>, CollectError> {
+    let parse = |m: String| CollectError::new(Reason::Parse, m);
+    let value: serde_json::Value = serde_json::from_str(body)
+        .map_err(|e| parse(format!("the /rate_limit answer is not JSON: {e}")))?;
+    let resources = value
+        .get("resources")
+        .and_then(|r| r.as_object())
+        .ok_or_else(|| parse("the /rate_limit answer has no resources object".to_owned()))?;
+    let mut out = BTreeMap::new();
+    for (name, r) in resources.iter().take(MAX_RESOURCES) {
+        let field = |key: &str| r.get(key).and_then(serde_json::Value::as_f64);
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        match (valid, field("limit"), field("remaining"), field("reset")) {
+            (true, Some(limit), Some(remaining), Some(reset)) => {
+                out.insert(
+                    name.clone(),
+                    Reading {
+                        limit: Some(limit),
+                        remaining,
+                        reset: Some(reset),
+                    },
+                );
+            }
+            _ => {
+                return Err(parse(format!(
+                    "resource {:?} of the /rate_limit answer lacks limit, remaining or reset",
+                    name.chars().take(64).collect::<String>()
+                )));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(parse(
+            "the /rate_limit answer lists no resources".to_owned(),
+        ));
+    }
+    Ok(out)
+}
+
+fn transport_error(e: &reqwest::Error) -> CollectError {
+    let reason = if e.is_timeout() {
+        Reason::Timeout
+    } else if e.is_connect() {
+        Reason::Connect
+    } else if e.is_decode() || e.is_body() {
+        Reason::Io
+    } else {
+        Reason::Other
+    };
+    // The chain names the cause ("Connection refused"); the URL carries no token.
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    CollectError::new(reason, text)
+}
+
+impl Periodic for TokenPoller {
+    fn poll(&mut self) -> BoxFuture<'_, Result<Families, CollectError>> {
+        Box::pin(async move {
+            if let Some((until, error)) = &self.backoff {
+                if Instant::now() < *until {
+                    self.resources.clear();
+                    return Err(error.clone());
+                }
+                self.backoff = None;
+            }
+            match self.read().await {
+                Ok(readings) => {
+                    let now = headers::unix_now();
+                    // A resource the API no longer lists is gone, not stale.
+                    self.observed.retain(|r, _| readings.contains_key(r));
+                    for resource in readings.keys() {
+                        self.observed.insert(resource.clone(), now);
+                    }
+                    self.resources = readings;
+                    Ok(self.families())
+                }
+                Err(e) => {
+                    self.resources.clear();
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn down(&self) -> Families {
+        // The driver calls this after a failed poll, when `resources` is empty.
+        self.families()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn github_answer_lists_every_resource() {
+        let body = r#"{"resources":{"core":{"limit":5000,"used":1,"remaining":4999,"reset":1691591363},"search":{"limit":30,"used":12,"remaining":18,"reset":1691591091},"graphql":{"limit":5000,"used":7,"remaining":4993,"reset":1691593228}},"rate":{"limit":5000,"used":1,"remaining":4999,"reset":1372700873}}"#;
+        let r = github_resources(body).expect("parsed");
+        assert_eq!(r.len(), 3);
+        assert_eq!(r["search"].remaining, 18.0);
+        assert_eq!(r["core"].reset, Some(1_691_591_363.0));
+        for bad in [
+            "not json",
+            "{}",
+            r#"{"resources":{}}"#,
+            r#"{"resources":{"core":{"limit":"x"}}}"#,
+        ] {
+            assert_eq!(
+                github_resources(bad).map(|_| ()).map_err(|e| e.reason),
+                Err(Reason::Parse),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_must_be_http_without_credentials() {
+        assert!(parse_url("https://github.example.com/api/v3").is_ok());
+        assert!(parse_url("ftp://x").is_err());
+        assert!(parse_url("https://user:secret@x").is_err());
+        assert!(parse_url("not a url").is_err());
+    }
+
+    #[test]
+    fn messages_are_bounded_single_lines() {
+        assert_eq!(
+            api_message(r#"{"message":"Bad credentials","documentation_url":"x"}"#),
+            "Bad credentials"
+        );
+        assert_eq!(api_message(""), "no message");
+        assert_eq!(api_message(&"a\n".repeat(500)).len(), 199);
+    }
+}
