@@ -2,6 +2,7 @@
 //! speak plain HTTP/1.1 to it, and run promtool.
 #![allow(dead_code)]
 
+pub mod fake_api;
 pub mod pg;
 
 use std::io::{Read, Write};

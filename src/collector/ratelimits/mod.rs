@@ -220,8 +220,10 @@ struct TokenPoller {
     /// Unix time of each resource's latest reading; kept when polls fail.
     observed: BTreeMap<String, f64>,
     throttled: BTreeMap<(String, &'static str), u64>,
-    /// After `Retry-After`: no request before this, and the error to report until then.
-    backoff: Option<(Instant, CollectError)>,
+    /// After `Retry-After`: no request before this instant. Until then the
+    /// last poll's outcome stands: its error, or (when the refusal still
+    /// carried the budget) its readings.
+    backoff: Option<(Instant, Option<CollectError>)>,
 }
 
 /// A response the API refused for its rate limit.
@@ -258,11 +260,12 @@ impl TokenPoller {
             b.gauge(OBSERVED.0, OBSERVED.1, &labels, *at);
         }
         for ((resource, kind), n) in &self.throttled {
+            // In name order, as the same family from apps' reports prints them.
             let labels = [
                 ("api", api),
+                ("kind", kind),
                 ("resource", resource.as_str()),
                 ("token", token),
-                ("kind", kind),
             ];
             b.counter(THROTTLED.0, THROTTLED.1, &labels, *n as f64);
         }
@@ -319,16 +322,18 @@ impl TokenPoller {
                 Reason::Http4xx,
                 format!("HTTP {status}: {kind_label} rate limit: {message}"),
             );
-            if let Some(wait) = wait.filter(|w| !w.is_zero()) {
-                self.backoff = Some((Instant::now() + wait.min(MAX_BACKOFF), error.clone()));
-            }
             // A generic API's throttled answer still carries its budget.
-            if self.target.kind == RateLimitKind::Http {
-                if let Some(o) = observed {
-                    return Ok(self.single(&o));
-                }
+            let outcome = match &observed {
+                Some(o) if self.target.kind == RateLimitKind::Http => Ok(self.single(o)),
+                _ => Err(error),
+            };
+            if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+                self.backoff = Some((
+                    Instant::now() + wait.min(MAX_BACKOFF),
+                    outcome.as_ref().err().cloned(),
+                ));
             }
-            return Err(error);
+            return outcome;
         }
         if !(status.is_success() || status.is_redirection()) {
             let reason = match status {
@@ -535,8 +540,10 @@ impl Periodic for TokenPoller {
         Box::pin(async move {
             if let Some((until, error)) = &self.backoff {
                 if Instant::now() < *until {
-                    self.resources.clear();
-                    return Err(error.clone());
+                    return match error {
+                        Some(e) => Err(e.clone()),
+                        None => Ok(self.families()),
+                    };
                 }
                 self.backoff = None;
             }
