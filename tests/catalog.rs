@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use common::fake_api::{FakeApi, Reply};
 use common::pg::{PgBouncer, PgCluster};
 use common::*;
 use regex::Regex;
@@ -49,6 +50,15 @@ fn documented() -> BTreeSet<String> {
 fn exported() -> (String, BTreeSet<String>) {
     let cluster = PgCluster::start();
     let bouncer = PgBouncer::start(&cluster, "transaction", 2);
+    let api = FakeApi::start();
+    api.set(
+        "catalog-token",
+        Reply::new(
+            200,
+            &[],
+            r#"{"resources":{"core":{"limit":5000,"used":1,"remaining":4999,"reset":1795440000}}}"#,
+        ),
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("loopwatch.yml");
     std::fs::write(
@@ -73,9 +83,17 @@ processes:
     interval: 200ms
     timeout: 200ms
     match: {{comm: [no-such-proc-x]}}
+ratelimits:
+  - name: github
+    kind: github
+    url: {}
+    interval: 200ms
+    timeout: 200ms
+    tokens: [{{name: ci, token: catalog-token}}]
 ",
             cluster.dsn("postgres", ""),
-            bouncer.admin_dsn()
+            bouncer.admin_dsn(),
+            api.base_url()
         ),
     )
     .expect("config");

@@ -418,6 +418,18 @@ impl Ingest {
                 [OTHER.to_owned(), OTHER.to_owned(), OTHER.to_owned()]
             };
             let labels = [key[0].as_str(), key[1].as_str(), key[2].as_str()];
+            if !state.ratelimits.contains_key(&key) {
+                // Both counters from 0, so rate() sees the first refusal.
+                let [api, resource, token] = labels;
+                for kind in [ThrottleKind::Primary, ThrottleKind::Secondary] {
+                    self.metrics.throttled.with_label_values(&[
+                        api,
+                        resource,
+                        token,
+                        kind.as_str(),
+                    ]);
+                }
+            }
             if let Some((limit, remaining, reset)) = rl.budget() {
                 let [l, r, t, observed] = &self.metrics.ratelimit;
                 l.with_label_values(&labels).set(limit as f64);

@@ -259,7 +259,14 @@ impl TokenPoller {
             ];
             b.gauge(OBSERVED.0, OBSERVED.1, &labels, *at);
         }
-        for ((resource, kind), n) in &self.throttled {
+        // Every budget seen has both counters from 0, so rate() sees the first refusal.
+        let mut throttled = self.throttled.clone();
+        for resource in self.observed.keys() {
+            for kind in ["primary", "secondary"] {
+                throttled.entry((resource.clone(), kind)).or_default();
+            }
+        }
+        for ((resource, kind), n) in &throttled {
             // In name order, as the same family from apps' reports prints them.
             let labels = [
                 ("api", api),
