@@ -578,3 +578,123 @@ ratelimits:
         "the refusal's budget stands while loopwatch waits: {text}"
     );
 }
+
+#[test]
+fn a_python_app_reports_the_headers_it_sees() {
+    let api = FakeApi::start();
+    let reset = (unix_now() + 1800).to_string();
+    let github = |remaining: &str, resource: &str, limit: &str| {
+        vec![
+            ("x-ratelimit-limit", limit.to_owned()),
+            ("x-ratelimit-remaining", remaining.to_owned()),
+            ("x-ratelimit-reset", reset.clone()),
+            ("x-ratelimit-resource", resource.to_owned()),
+        ]
+    };
+    let set = |key: &str, status: u16, headers: Vec<(&str, String)>, body: &str| {
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        api.set(key, Reply::new(status, &pairs, body));
+    };
+    set("app-ok", 200, github("4321", "core", "5000"), "{}");
+    let mut secondary = github("4320", "core", "5000");
+    secondary.push(("retry-after", "60".to_owned()));
+    set(
+        "app-secondary",
+        403,
+        secondary,
+        r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#,
+    );
+    set(
+        "app-spent",
+        403,
+        github("0", "search", "30"),
+        r#"{"message":"API rate limit exceeded for user ID 1."}"#,
+    );
+
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("udp port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("loopwatch.yml");
+    std::fs::write(
+        &config,
+        format!("ingest:\n  udp_listen_address: 127.0.0.1:{udp}\n"),
+    )
+    .expect("config");
+    let lw = Exporter::start(&["--config.file", config.to_str().expect("utf8")]);
+    let out = std::process::Command::new("python3")
+        .arg(repo_path("tests/apps/ratelimit_app.py"))
+        .env("PYTHONPATH", repo_path("clients/python/src"))
+        .env("LOOPWATCH_TARGET", format!("udp://127.0.0.1:{udp}"))
+        .env("API_URL", api.base_url())
+        .env_remove("LOOPWATCH_DISABLED")
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("app-spent 403"), "{stdout}");
+
+    let throttled = |t: &str, resource: &str, token: &str, kind: &str| {
+        sample(
+            t,
+            &format!(
+                r#"loopwatch_ratelimit_throttled_total{{api="github",kind="{kind}",resource="{resource}",token="{token}"}}"#
+            ),
+        )
+    };
+    let text = wait_for_metrics(&lw, Duration::from_secs(10), "the app's reports", |t| {
+        throttled(t, "search", "deploy", "primary") == Some(1.0)
+    });
+    assert_promtool_clean(&text);
+    let value = |family: &str, resource: &str, token: &str| {
+        sample(&text, &series(family, "github", resource, token))
+    };
+    assert_eq!(
+        value("loopwatch_ratelimit_remaining", "core", "ci-bot"),
+        Some(4320.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("loopwatch_ratelimit_limit", "core", "ci-bot"),
+        Some(5000.0)
+    );
+    assert_eq!(
+        value(
+            "loopwatch_ratelimit_reset_timestamp_seconds",
+            "core",
+            "ci-bot"
+        ),
+        reset.parse().ok()
+    );
+    assert_eq!(
+        value("loopwatch_ratelimit_remaining", "search", "deploy"),
+        Some(0.0)
+    );
+    assert!(
+        value(
+            "loopwatch_ratelimit_observed_timestamp_seconds",
+            "search",
+            "deploy"
+        )
+        .is_some()
+    );
+    assert_eq!(
+        throttled(&text, "core", "ci-bot", "secondary"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        throttled(&text, "core", "ci-bot", "primary"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("app-ok") && !text.contains("app-spent"),
+        "a secret in /metrics"
+    );
+}

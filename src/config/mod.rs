@@ -90,7 +90,7 @@ pub struct IngestConfig {
     pub max_sites: usize,
     /// Pools per app at most; more fold into `other`.
     pub max_pools: usize,
-    /// `{api, resource}` pairs reported by apps at most; more fold into `other`.
+    /// `{api, resource, token}` triples reported by apps at most; more fold into `other`.
     pub max_ratelimits: usize,
     /// Stalls kept per loop for `GET /api/v1/loops`.
     pub recent_stalls: usize,

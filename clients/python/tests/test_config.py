@@ -188,6 +188,7 @@ def test_public_api() -> None:
         "__version__",
         "ratelimit_from_headers",
         "start",
+        "throttle_kind",
         "watch",
     }
     assert os.path.exists(os.path.join(os.path.dirname(loopwatch.__file__), "py.typed"))

@@ -202,3 +202,38 @@ def test_pool_message(loop: asyncio.AbstractEventLoop, udp: UdpReceiver) -> None
     }
     assert b["pool"] == "bad_pool_name"
     assert len(udp.of_type("pool")) == 2
+
+
+def test_throttle_kind_reads_github_and_generic_refusals() -> None:
+    from loopwatch import throttle_kind
+
+    spent = {"X-RateLimit-Limit": "5000", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1795440000"}
+    assert throttle_kind(403, spent) == "primary"
+    assert throttle_kind(429, {"RateLimit-Limit": "10", "RateLimit-Remaining": "0", "RateLimit-Reset": "5"}) == "primary"
+    body = b'{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}'
+    assert throttle_kind(403, {}, body) == "secondary"
+    assert throttle_kind(403, {"Retry-After": "60"}) == "secondary"
+    assert throttle_kind(429, {"X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "5"}) == "secondary"
+    assert throttle_kind(403, {}, {"message": "Resource not accessible by integration"}) is None
+    assert throttle_kind(200, spent) is None
+    assert throttle_kind(None) is None
+    assert throttle_kind(403, 42, object()) is None
+
+
+def test_report_headers_counts_refusals(loop: asyncio.AbstractEventLoop, udp: UdpReceiver) -> None:
+    async def body() -> None:
+        r = loopwatch.start("api", target=udp.target)
+        spent = {"X-RateLimit-Limit": "5000", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1795440000"}
+        rl = r.report_headers("github", spent, status=403, token="ci-bot")
+        assert rl is not None and rl.remaining == 0
+        secondary = b'{"message":"You have exceeded a secondary rate limit."}'
+        assert r.report_headers("github", {"Retry-After": "60"}, status=403, body=secondary) is None
+        assert r.report_headers("github", {}, status=404) is None  # not a refusal: nothing sent
+        r.ratelimit("x", "y", limit=1, remaining=1, reset=1.0, throttled="tertiary")  # dropped, no raise
+        await udp.wait(lambda m: len(udp.of_type("ratelimit")) == 2)
+        r.stop()
+
+    loop.run_until_complete(body())
+    first, second = udp.of_type("ratelimit")
+    assert (first["token"], first["throttled"], first["remaining"]) == ("ci-bot", "primary", 0)
+    assert second["throttled"] == "secondary" and "limit" not in second and "token" not in second

@@ -13,7 +13,7 @@ costs the app nothing. See docs/protocol.md for the wire format.
 
 from __future__ import annotations
 
-from ._headers import RateLimit, ratelimit_from_headers
+from ._headers import RateLimit, ratelimit_from_headers, throttle_kind
 from ._reporter import Reporter, start, watch
 from ._version import __version__
 
@@ -23,5 +23,6 @@ __all__ = [
     "__version__",
     "ratelimit_from_headers",
     "start",
+    "throttle_kind",
     "watch",
 ]

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional, Tuple
 
-__all__ = ["RateLimit", "ratelimit_from_headers"]
+__all__ = ["RateLimit", "ratelimit_from_headers", "throttle_kind"]
 
 # Values above this are unix timestamps, at or below it a number of seconds
 # from now (1e9 seconds is about 31 years; 1e9 as a timestamp is 2001).
@@ -221,3 +221,40 @@ def ratelimit_from_headers(api: str, headers: Any) -> Optional[RateLimit]:
         )
     except Exception:
         return None
+
+
+def throttle_kind(
+    status: Optional[int], headers: Any = None, body: Any = None
+) -> Optional[str]:
+    """Whether a response is a rate-limit refusal: ``"primary"`` (the budget
+    is spent: 403/429 with no requests remaining), ``"secondary"`` (GitHub's
+    secondary limits: 403/429 with ``Retry-After`` or a "secondary rate
+    limit" message; any other 429), or None. ``body`` may be text, bytes or
+    a decoded JSON object. Never raises."""
+    try:
+        if status not in (403, 429):
+            return None
+        h = _lowered(headers) if headers is not None else {}
+        now = time.time()
+        found = _x_family(h, now) or _ietf_family(h, now)
+        if found is not None and found[2] == 0:
+            return "primary"
+        if isinstance(body, (bytes, bytearray)):
+            body = bytes(body[:4096]).decode("utf-8", "replace")
+        if isinstance(body, dict):
+            body = body.get("message", "")
+        text = body if isinstance(body, str) else ""
+        if "secondary rate limit" in text.lower() or "retry-after" in h or status == 429:
+            return "secondary"
+        return None
+    except Exception:
+        return None
+
+
+def resource_from_headers(headers: Any) -> str:
+    """The budget a response names (``X-RateLimit-Resource``), else ``default``."""
+    try:
+        value = _lowered(headers).get("x-ratelimit-resource", "").strip()
+    except Exception:
+        return "default"
+    return value or "default"

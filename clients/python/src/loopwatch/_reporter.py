@@ -14,7 +14,7 @@ import weakref
 from types import TracebackType
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
-from ._headers import RateLimit, ratelimit_from_headers
+from ._headers import RateLimit, ratelimit_from_headers, resource_from_headers, throttle_kind
 from ._transport import DEFAULT_TARGET, NullTransport, Transport, make_transport
 from ._watchdog import Watchdog
 from ._wire import Envelope, dumps, encode, label, sanitize_name
@@ -210,31 +210,90 @@ class Reporter:
             log.debug("loopwatch: bad pool report", exc_info=True)
 
     def ratelimit(
-        self, api: str, resource: str, *, limit: int, remaining: int, reset: float
+        self,
+        api: str,
+        resource: str,
+        *,
+        limit: int,
+        remaining: int,
+        reset: float,
+        token: Optional[str] = None,
+        throttled: Optional[str] = None,
     ) -> None:
-        """Report an API's rate-limit state (a ``ratelimit`` message);
-        ``reset`` is the unix time when the window resets."""
+        """Report an API's rate-limit state (a ``ratelimit`` message).
+
+        ``reset`` is the unix time when the window resets. ``token`` names
+        the budget's token (never the token itself; loopwatch uses the app's
+        name without it). ``throttled`` (``"primary"`` or ``"secondary"``)
+        says the response that carried this state was a refusal."""
         if self._stopped:
             return
         try:
-            fields = {
+            fields: Dict[str, Any] = {
                 "api": sanitize_name(api, "unknown"),
                 "resource": sanitize_name(resource, "default"),
                 "limit": _count(limit),
                 "remaining": _count(remaining),
                 "reset": max(0.0, float(reset)),
             }
-            self._send(self._env.message("ratelimit", fields))
+            self._send_ratelimit(fields, token, throttled)
         except Exception:
             log.debug("loopwatch: bad ratelimit report", exc_info=True)
 
-    def report_headers(self, api: str, headers: Any) -> Optional[RateLimit]:
+    def throttled(
+        self, api: str, resource: str = "default", *, kind: str = "secondary", token: Optional[str] = None
+    ) -> None:
+        """Report a request the API refused for its rate limit when the
+        response carried no budget: ``kind`` is ``"primary"`` (budget spent)
+        or ``"secondary"``."""
+        if self._stopped:
+            return
+        try:
+            fields: Dict[str, Any] = {
+                "api": sanitize_name(api, "unknown"),
+                "resource": sanitize_name(resource, "default"),
+            }
+            self._send_ratelimit(fields, token, kind)
+        except Exception:
+            log.debug("loopwatch: bad throttled report", exc_info=True)
+
+    def _send_ratelimit(self, fields: Dict[str, Any], token: Optional[str], throttled: Optional[str]) -> None:
+        if token is not None:
+            fields["token"] = sanitize_name(token, "default")
+        if throttled is not None:
+            if throttled not in ("primary", "secondary"):
+                raise ValueError(f"throttled must be 'primary' or 'secondary', not {throttled!r}")
+            fields["throttled"] = throttled
+        self._send(self._env.message("ratelimit", fields))
+
+    def report_headers(
+        self,
+        api: str,
+        headers: Any,
+        *,
+        status: Optional[int] = None,
+        body: Any = None,
+        token: Optional[str] = None,
+    ) -> Optional[RateLimit]:
         """Parse rate-limit response headers (see
-        :func:`ratelimit_from_headers`) and report them. Returns what was
-        found, or None."""
+        :func:`ratelimit_from_headers`) and report them. With the response's
+        ``status`` (and, for GitHub's secondary limits, its ``body``), a
+        403/429 refusal is also counted as throttled (see
+        :func:`throttle_kind`). Returns the budget found, or None. Never raises."""
         rl = ratelimit_from_headers(api, headers)
+        kind = throttle_kind(status, headers, body)
         if rl is not None:
-            self.ratelimit(rl.api, rl.resource, limit=rl.limit, remaining=rl.remaining, reset=rl.reset)
+            self.ratelimit(
+                rl.api,
+                rl.resource,
+                limit=rl.limit,
+                remaining=rl.remaining,
+                reset=rl.reset,
+                token=token,
+                throttled=kind,
+            )
+        elif kind is not None:
+            self.throttled(api, resource_from_headers(headers), kind=kind, token=token)
         return rl
 
     async def __aenter__(self) -> "Reporter":
