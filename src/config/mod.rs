@@ -941,6 +941,58 @@ processes:
     }
 
     #[test]
+    fn ratelimit_targets_are_checked_key_by_key() {
+        let text = "ratelimits:
+  - name: github
+    kind: github
+    method: HEAD
+    tokens:
+      - name: ci
+        token: ghp_inlineSECRET
+      - name: ci
+        token: ${LOOPWATCH_SURELY_UNSET_VAR}
+      - name: none
+  - name: example
+    kind: http
+    remaining_header: 'bad header'
+  - name: creds
+    kind: http
+    url: https://user:pw@api.example.com/
+    interval: 1s
+    timeout: 2s
+";
+        let p = problems(text);
+        let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "ratelimits[0].method",
+                "ratelimits[0].tokens[1].name",
+                "ratelimits[0].tokens[1].token",
+                "ratelimits[0].tokens[2].token",
+                "ratelimits[1].url",
+                "ratelimits[1].remaining_header",
+                "ratelimits[2].timeout",
+                "ratelimits[2].url",
+            ],
+            "{p:?}"
+        );
+        assert_eq!(p[0].location.map(|l| l.0), Some(4));
+        assert!(!format!("{p:?}").contains("ghp_inlineSECRET"));
+        let unknown = problems("ratelimits:\n  - name: g\n    kind: gitlab\n");
+        assert_eq!(unknown[0].path, "ratelimits[0].kind", "{unknown:?}");
+
+        let ok = parse(
+            "ratelimits:\n  - name: github\n    kind: github\n    tokens: [{name: ci, token: t}]\n",
+            "ok.yml",
+        )
+        .expect("valid");
+        let t = &ok.get().ratelimits[0];
+        assert_eq!(t.interval, Duration::from_secs(60));
+        assert!(ok.summary().contains("1 rate-limit target"));
+    }
+
+    #[test]
     fn postgres_secrets_are_checked_and_never_echoed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("pw");
