@@ -69,25 +69,36 @@ enum Command {
     PrintDefaultConfig,
 }
 
+/// Writes to stdout; a reader that went away (`| head -1`) is not an error,
+/// where `println!` would panic.
+fn print_stdout(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("loopwatch: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
 /// Exit status for bad usage or configuration.
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.version {
-        println!("{}", build::version_line());
-        return ExitCode::SUCCESS;
+        return print_stdout(&format!("{}\n", build::version_line()));
     }
     match cli.command {
         Some(Command::PrintDefaultConfig) => {
-            print!("{}", config::DEFAULT_CONFIG);
-            return ExitCode::SUCCESS;
+            return print_stdout(config::DEFAULT_CONFIG);
         }
         Some(Command::CheckConfig { path }) => {
             return match config::load_file(&path) {
                 Ok(valid) => {
-                    println!("{}: valid: {}", path.display(), valid.summary());
-                    ExitCode::SUCCESS
+                    print_stdout(&format!("{}: valid: {}\n", path.display(), valid.summary()))
                 }
                 Err(e) => {
                     eprintln!("{e}");
