@@ -844,7 +844,10 @@ fn check_ratelimit_target<'a>(
                 format!("{tpath}.token"),
                 "give token or token_file".to_owned(),
             )),
-            Err(e) => problems.push((format!("{tpath}.token"), e)),
+            Err(e) => {
+                let key = if token.token.is_none() { "token_file" } else { "token" };
+                problems.push((format!("{tpath}.{key}"), e));
+            }
         }
     }
 }
