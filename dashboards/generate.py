@@ -572,6 +572,11 @@ def database():
                  "short", [target(f'loopwatch_pg_slow_queries{{{PG}}}', TGT)], 18, 6, minv=0,
                  steps=[("green", None), ("orange", 1)])
     b.down(8)
+    b.timeseries("Longest lock wait and oldest query", "How long the longest-running query that waits for a lock has been running (loopwatch_pg_oldest_lock_wait_seconds; over 60 s for 2 minutes fires LoopwatchPostgresLockWaitLong), and how long the oldest active query has been running (loopwatch_pg_oldest_query_seconds). 0 when there is none. A long lock wait behind a short oldest query is a blocker that is idle in transaction; see the runbook.",
+                 "s", [target(f'loopwatch_pg_oldest_lock_wait_seconds{{{PG}}}', "lock wait " + TGT),
+                       target(f'loopwatch_pg_oldest_query_seconds{{{PG}}}', "oldest query " + TGT, ref="B")], 0, 24, minv=0,
+                 steps=[("green", None), ("orange", 60)])
+    b.down(8)
 
     # ------------------------------------------------------------ PgBouncer
     b.row("PgBouncer")

@@ -122,6 +122,17 @@ fn connection_counts_equal_pg_stat_activity() {
         )
         .is_some_and(|v| v > 0.0)
     );
+    // The waiter and the active query have been running since before the
+    // poll that saw them; the slow-query wait above took at least 100 ms.
+    for family in [
+        "loopwatch_pg_oldest_query_seconds",
+        "loopwatch_pg_oldest_lock_wait_seconds",
+    ] {
+        assert!(
+            sample(&text, &format!(r#"{family}{{target="db"}}"#)).is_some_and(|v| v >= 0.1),
+            "{family}: {text}"
+        );
+    }
     assert!(
         sample(
             &text,

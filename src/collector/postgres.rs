@@ -208,7 +208,9 @@ SELECT current_setting('max_connections')::float8,
        coalesce(extract(epoch FROM max(now() - xact_start)), 0)::float8,
        coalesce(extract(epoch FROM max(now() - state_change)
          FILTER (WHERE state LIKE 'idle in transaction%')), 0)::float8,
-       count(*) FILTER (WHERE state = 'active' AND now() - query_start > make_interval(secs => $1))::float8
+       count(*) FILTER (WHERE state = 'active' AND now() - query_start > make_interval(secs => $1))::float8,
+       coalesce(extract(epoch FROM max(now() - query_start) FILTER (WHERE state = 'active')), 0)::float8,
+       coalesce(extract(epoch FROM max(now() - query_start) FILTER (WHERE wait_event_type = 'Lock')), 0)::float8
 FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
 
@@ -273,6 +275,16 @@ impl Periodic for PostgresTarget {
                     5,
                     "loopwatch_pg_slow_queries",
                     "Queries running longer than slow_query_threshold, sampled every interval.",
+                ),
+                (
+                    6,
+                    "loopwatch_pg_oldest_query_seconds",
+                    "How long the longest-running active query has been running (0 when none), sampled every interval.",
+                ),
+                (
+                    7,
+                    "loopwatch_pg_oldest_lock_wait_seconds",
+                    "How long the longest-running query that now waits for a lock has been running (0 when none), sampled every interval.",
                 ),
             ] {
                 b.gauge(name, help, &target, value(i));

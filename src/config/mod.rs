@@ -845,7 +845,11 @@ fn check_ratelimit_target<'a>(
                 "give token or token_file".to_owned(),
             )),
             Err(e) => {
-                let key = if token.token.is_none() { "token_file" } else { "token" };
+                let key = if token.token.is_none() {
+                    "token_file"
+                } else {
+                    "token"
+                };
                 problems.push((format!("{tpath}.{key}"), e));
             }
         }
