@@ -17,7 +17,7 @@ use crate::collector::{Driver, Shared, build_collectors};
 use crate::config::{self, ValidConfig};
 use crate::ingest::Ingest;
 use crate::loops::Loops;
-use crate::metrics::{Snapshots, register_build_info, register_snapshots};
+use crate::metrics::register_build_info;
 use crate::self_process::SelfProcess;
 use crate::server::{self, AppState};
 
@@ -136,8 +136,6 @@ impl Exporter {
                 .register(Box::new(SelfProcess::new()))
                 .expect("registered once");
         }
-        let snapshots = Arc::new(Snapshots::default());
-        register_snapshots(&registry, snapshots.clone());
         let loops = Arc::new(Loops::register(&registry));
         let ingest = Arc::new(Ingest::register(
             &registry,
@@ -150,7 +148,7 @@ impl Exporter {
             proc_scanner: Arc::default(),
         };
         let reload_metrics = ReloadMetrics::register(&registry);
-        let driver = Arc::new(Driver::new(collect, &registry, snapshots));
+        let driver = Arc::new(Driver::new(collect, &registry));
         driver.replace(build_collectors(config.get(), &shared));
         reload_metrics.loaded();
         Self {

@@ -1,11 +1,12 @@
 //! The one registry `/metrics` encodes, and the pieces collectors fill it with:
-//! [`FamilyBuilder`] for per-poll snapshots, [`Snapshots`] to publish them,
+//! [`FamilyBuilder`] for per-poll snapshots, [`Snapshots`] to publish them
+//! (encoded once per poll, not per scrape),
 //! and the exporter's own `loopwatch_build_info`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Opts, Registry, TextEncoder};
 
@@ -69,12 +70,47 @@ fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
         .collect()
 }
 
+/// One family in the text format, encoded once when its snapshot is
+/// published so that a scrape only copies bytes: its `# HELP` / `# TYPE`
+/// lines and its sample lines.
+pub struct EncodedFamily {
+    name: String,
+    header: Vec<u8>,
+    samples: Vec<u8>,
+}
+
+/// Encodes each family on its own, split into header and samples.
+pub fn encode_families(families: &[MetricFamily]) -> Vec<EncodedFamily> {
+    let encoder = TextEncoder::new();
+    families
+        .iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .filter_map(|f| {
+            let mut header = Vec::new();
+            if let Err(e) = encoder.encode(std::slice::from_ref(f), &mut header) {
+                tracing::error!(error = %e, family = f.name(), "Failed to encode a metric family");
+                return None;
+            }
+            // The encoder writes the comment lines first, then one line per sample.
+            let mut split = 0;
+            while header[split..].starts_with(b"# ") {
+                split += header[split..].iter().position(|&b| b == b'\n')? + 1;
+            }
+            let samples = header.split_off(split);
+            Some(EncodedFamily {
+                name: f.name().to_owned(),
+                header,
+                samples,
+            })
+        })
+        .collect()
+}
+
 /// One published snapshot slot per running collector.
-pub type Slot = ArcSwap<Families>;
+pub type Slot = ArcSwap<Vec<EncodedFamily>>;
 
 /// All snapshot slots, swapped as a whole when the collector set changes on
-/// reload. Registered once; a scrape reads whatever is current and never
-/// waits on a collector.
+/// reload. A scrape reads whatever is current and never waits on a collector.
 #[derive(Default)]
 pub struct Snapshots {
     slots: ArcSwap<Vec<Arc<Slot>>>,
@@ -84,31 +120,6 @@ impl Snapshots {
     pub fn replace(&self, slots: Vec<Arc<Slot>>) {
         self.slots.store(Arc::new(slots));
     }
-}
-
-struct SnapshotCollector(Arc<Snapshots>);
-
-impl Collector for SnapshotCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        // Families vary with the configuration; the registry merges them by name.
-        Vec::new()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let slots = self.0.slots.load();
-        let mut out = Vec::new();
-        for slot in slots.iter() {
-            out.extend(slot.load().iter().cloned());
-        }
-        out
-    }
-}
-
-/// Registers the snapshot slots with the registry.
-pub fn register_snapshots(registry: &Registry, snapshots: Arc<Snapshots>) {
-    registry
-        .register(Box::new(SnapshotCollector(snapshots)))
-        .expect("the snapshot collector is registered once");
 }
 
 /// What the build knows about itself (set by build.rs).
@@ -149,11 +160,37 @@ pub fn register_build_info(registry: &Registry) {
 
 /// Encodes the registry in the text format.
 pub fn encode(registry: &Registry) -> Vec<u8> {
-    let families = registry.gather();
-    let mut buf = Vec::with_capacity(16 * 1024);
-    // Encoding into a Vec cannot fail on I/O; a malformed family would be a bug.
-    if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
-        tracing::error!(error = %e, "Failed to encode metrics");
+    encode_with(registry, &Snapshots::default())
+}
+
+/// Encodes the registry and the collectors' published snapshots; families of
+/// the same name (apps' pools and loopwatch's own, say) are written as one.
+pub fn encode_with(registry: &Registry, snapshots: &Snapshots) -> Vec<u8> {
+    let live = encode_families(&registry.gather());
+    let published: Vec<Arc<Vec<EncodedFamily>>> = snapshots
+        .slots
+        .load()
+        .iter()
+        .map(|s| s.load_full())
+        .collect();
+    let mut by_name: BTreeMap<&str, (&[u8], Vec<&[u8]>)> = BTreeMap::new();
+    for f in live.iter().chain(published.iter().flat_map(|p| p.iter())) {
+        by_name
+            .entry(f.name.as_str())
+            .or_insert_with(|| (f.header.as_slice(), Vec::new()))
+            .1
+            .push(&f.samples);
+    }
+    let size = by_name
+        .values()
+        .map(|(h, samples)| h.len() + samples.iter().map(|s| s.len()).sum::<usize>())
+        .sum();
+    let mut buf = Vec::with_capacity(size);
+    for (header, samples) in by_name.values() {
+        buf.extend_from_slice(header);
+        for s in samples {
+            buf.extend_from_slice(s);
+        }
     }
     buf
 }
@@ -165,22 +202,33 @@ mod tests {
     #[test]
     fn snapshots_merge_same_named_families() {
         let registry = Registry::new();
-        let snapshots = Arc::new(Snapshots::default());
-        register_snapshots(&registry, snapshots.clone());
+        let live =
+            prometheus::GaugeVec::new(Opts::new("x_value", "help"), &["group"]).expect("gauge");
+        registry.register(Box::new(live.clone())).expect("register");
+        live.with_label_values(&["live"]).set(3.0);
+        let snapshots = Snapshots::default();
         let mut a = FamilyBuilder::default();
         a.gauge("x_value", "help", &[("group", "a")], 1.0);
+        a.counter("y_total", "help y", &[], 5.0);
         let mut b = FamilyBuilder::default();
         b.gauge("x_value", "help", &[("group", "b")], 2.0);
-        let slot_a = Arc::new(Slot::from_pointee(a.finish()));
-        let slot_b = Arc::new(Slot::from_pointee(b.finish()));
+        let slot_a = Arc::new(Slot::from_pointee(encode_families(&a.finish())));
+        let slot_b = Arc::new(Slot::from_pointee(encode_families(&b.finish())));
         snapshots.replace(vec![slot_a.clone(), slot_b]);
-        let text = String::from_utf8(encode(&registry)).expect("utf8");
+        let text = String::from_utf8(encode_with(&registry, &snapshots)).expect("utf8");
         assert_eq!(text.matches("# HELP x_value").count(), 1, "{text}");
+        assert_eq!(text.matches("# TYPE x_value gauge").count(), 1, "{text}");
+        assert!(text.contains("x_value{group=\"live\"} 3\n"), "{text}");
         assert!(text.contains("x_value{group=\"a\"} 1\n"), "{text}");
         assert!(text.contains("x_value{group=\"b\"} 2\n"), "{text}");
+        assert!(
+            text.contains("# TYPE y_total counter\ny_total 5\n"),
+            "{text}"
+        );
         // A new snapshot without group a removes its series.
         slot_a.store(Arc::new(Vec::new()));
-        let text = String::from_utf8(encode(&registry)).expect("utf8");
+        let text = String::from_utf8(encode_with(&registry, &snapshots)).expect("utf8");
         assert!(!text.contains("group=\"a\""), "{text}");
+        assert!(!text.contains("y_total"), "{text}");
     }
 }

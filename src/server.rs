@@ -20,7 +20,7 @@ use tower_http::compression::CompressionLayer;
 
 use crate::collector::Driver;
 use crate::ingest::{Ingest, Transport};
-use crate::metrics::{TEXT_CONTENT_TYPE, build, encode};
+use crate::metrics::{TEXT_CONTENT_TYPE, build, encode_with};
 
 /// What the handlers read.
 pub struct AppState {
@@ -63,7 +63,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         },
         None => None,
     };
-    let body = encode(&state.registry);
+    let body = encode_with(&state.registry, state.driver.snapshots());
     ([(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)], body).into_response()
 }
 

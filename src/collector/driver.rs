@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use super::{Built, CollectError, Job, Periodic, Reason, Streaming};
-use crate::metrics::{Families, Slot, Snapshots};
+use crate::metrics::{Families, Slot, Snapshots, encode_families};
 
 /// How often a running streaming collector's last success is refreshed.
 const STREAMING_ALIVE_EVERY: Duration = Duration::from_secs(5);
@@ -114,7 +114,7 @@ struct Running {
 pub struct Driver {
     handle: Handle,
     metrics: Arc<DriverMetrics>,
-    snapshots: Arc<Snapshots>,
+    snapshots: Snapshots,
     running: Mutex<Vec<Running>>,
     statuses: ArcSwap<Vec<Arc<CollectorStatus>>>,
 }
@@ -135,15 +135,20 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl Driver {
-    /// `handle` is the collector runtime's; `snapshots` must be registered.
-    pub fn new(handle: Handle, registry: &Registry, snapshots: Arc<Snapshots>) -> Self {
+    /// `handle` is the collector runtime's; the driver's own metrics go to `registry`.
+    pub fn new(handle: Handle, registry: &Registry) -> Self {
         Self {
             handle,
             metrics: Arc::new(DriverMetrics::register(registry)),
-            snapshots,
+            snapshots: Snapshots::default(),
             running: Mutex::new(Vec::new()),
             statuses: ArcSwap::default(),
         }
+    }
+
+    /// The collectors' published snapshots, for `/metrics`.
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
     }
 
     /// Stops every running collector and starts `built` in their place.
@@ -313,11 +318,17 @@ async fn run_periodic(
             .set(started.elapsed().as_secs_f64());
         match result {
             Ok(families) => {
-                recorder.status.slot.store(Arc::new(families));
+                recorder
+                    .status
+                    .slot
+                    .store(Arc::new(encode_families(&families)));
                 recorder.success();
             }
             Err(error) => {
-                recorder.status.slot.store(Arc::new(collector.down()));
+                recorder
+                    .status
+                    .slot
+                    .store(Arc::new(encode_families(&collector.down())));
                 recorder.failure(&error);
             }
         }
@@ -360,7 +371,7 @@ async fn run_streaming(mut collector: Box<dyn Streaming>, recorder: Recorder) {
 mod tests {
     use super::*;
     use crate::collector::BoxFuture;
-    use crate::metrics::{FamilyBuilder, encode, register_snapshots};
+    use crate::metrics::{FamilyBuilder, encode_with};
 
     struct Scripted {
         step: u32,
@@ -387,16 +398,14 @@ mod tests {
         }
     }
 
-    fn scrape(registry: &Registry) -> String {
-        String::from_utf8(encode(registry)).expect("utf8")
+    fn scrape(registry: &Registry, driver: &Driver) -> String {
+        String::from_utf8(encode_with(registry, driver.snapshots())).expect("utf8")
     }
 
     #[tokio::test(start_paused = true)]
     async fn records_success_errors_panics_and_timeouts() {
         let registry = Registry::new();
-        let snapshots = Arc::new(Snapshots::default());
-        register_snapshots(&registry, snapshots.clone());
-        let driver = Driver::new(Handle::current(), &registry, snapshots);
+        let driver = Driver::new(Handle::current(), &registry);
         driver.replace(vec![Built {
             kind: "test",
             target: "t".into(),
@@ -408,13 +417,13 @@ mod tests {
         }]);
         let labels = r#"collector="test",target="t""#;
         tokio::time::sleep(Duration::from_millis(1)).await;
-        let text = scrape(&registry);
+        let text = scrape(&registry, &driver);
         assert!(text.contains("test_value 7\n"), "{text}");
         assert!(text.contains(&format!("loopwatch_collector_success{{{labels}}} 1")));
         assert!(driver.first_polls_done());
 
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let text = scrape(&registry);
+        let text = scrape(&registry, &driver);
         assert!(
             !text.contains("test_value"),
             "a failed poll drops the values: {text}"
@@ -423,7 +432,7 @@ mod tests {
         assert!(text.contains(r#"loopwatch_collector_errors_total{collector="test",reason="connect",target="t"} 1"#), "{text}");
 
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let text = scrape(&registry);
+        let text = scrape(&registry, &driver);
         assert!(
             text.contains(
                 r#"loopwatch_collector_errors_total{collector="test",reason="other",target="t"} 1"#
@@ -432,12 +441,12 @@ mod tests {
         );
 
         tokio::time::sleep(Duration::from_secs(12)).await;
-        let text = scrape(&registry);
+        let text = scrape(&registry, &driver);
         assert!(text.contains(r#"loopwatch_collector_errors_total{collector="test",reason="timeout",target="t"} 1"#), "a hang is a timeout: {text}");
         assert!(text.contains("loopwatch_collector_last_success_timestamp_seconds"));
 
         driver.stop_all();
-        let text = scrape(&registry);
+        let text = scrape(&registry, &driver);
         assert!(
             !text.contains("collector=\"test\""),
             "stopped collectors leave no series: {text}"
