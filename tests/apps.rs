@@ -214,6 +214,25 @@ fn garbage_is_rejected_or_folded_and_the_exporter_keeps_serving() {
             "{reason}: {text}"
         );
     }
+    // Logged once per reason (within 10 s), with the app when the message names one.
+    let log = lw.stderr();
+    let rejected: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(r#"message="Rejected ingest messages""#))
+        .collect();
+    assert_eq!(rejected.len(), 5, "{log}");
+    assert!(
+        rejected
+            .iter()
+            .any(|l| l.contains("reason=invalid") && l.contains("app=g")),
+        "{log}"
+    );
+    assert!(
+        rejected
+            .iter()
+            .any(|l| l.contains("reason=not_json") && l.contains("app=unknown")),
+        "{log}"
+    );
 
     // 10,000 distinct sites from one loop: 20 kept (max_sites), the rest folded.
     let mut batch = Vec::new();

@@ -299,12 +299,21 @@ struct State {
     ratelimits: HashMap<[String; 3], Instant>,
 }
 
+/// How often a rejection reason is logged at most.
+const REJECTION_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Apps' loops and reports.
 pub struct Ingest {
     loops: Arc<Loops>,
     metrics: IngestMetrics,
     state: Mutex<State>,
+    rejections_logged: Mutex<HashMap<RejectionKey, RejectionLog>>,
 }
+
+/// `(reason, transport)`.
+type RejectionKey = (&'static str, &'static str);
+/// When last logged, and rejections since.
+type RejectionLog = (Option<Instant>, u64);
 
 /// Picks the label for `value`: itself while under `cap` distinct values, else `other`.
 fn fold(known: &mut HashMap<String, ()>, value: &str, cap: usize) -> (String, bool) {
@@ -364,6 +373,7 @@ impl Ingest {
                 apps: HashMap::new(),
                 ratelimits: HashMap::new(),
             }),
+            rejections_logged: Mutex::new(HashMap::new()),
         }
     }
 
@@ -388,8 +398,46 @@ impl Ingest {
                 .rejected
                 .with_label_values(&[reason.as_str()])
                 .inc();
+            self.log_rejection(reason, transport, raw);
         }
         result
+    }
+
+    /// One warning per reason and transport every [`REJECTION_LOG_EVERY`],
+    /// naming the app of the message that triggered it (when it names one)
+    /// and how many were rejected since: a flood of garbage costs a line.
+    fn log_rejection(&self, reason: Rejection, transport: Transport, raw: &[u8]) {
+        let dropped = {
+            let mut logged = self
+                .rejections_logged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let entry = logged
+                .entry((reason.as_str(), transport.as_str()))
+                .or_insert((None, 0));
+            entry.1 += 1;
+            if entry
+                .0
+                .is_some_and(|at: Instant| at.elapsed() < REJECTION_LOG_EVERY)
+            {
+                return;
+            }
+            entry.0 = Some(Instant::now());
+            std::mem::take(&mut entry.1)
+        };
+        let app = match reason {
+            Rejection::Oversize | Rejection::NotJson => None,
+            _ => serde_json::from_slice::<serde_json::Value>(raw)
+                .ok()
+                .and_then(|v| v.get("app")?.as_str().map(label_value)),
+        };
+        tracing::warn!(
+            reason = reason.as_str(),
+            transport = transport.as_str(),
+            app = app.as_deref().unwrap_or("unknown"),
+            rejected = dropped,
+            "Rejected ingest messages"
+        );
     }
 
     fn folded(&self, kind: &str, n: f64) {
