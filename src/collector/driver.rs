@@ -292,8 +292,13 @@ async fn run_periodic(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let phase = collector.phase().min(interval);
+    let mut first = true;
     loop {
-        ticker.tick().await;
+        let tick = ticker.tick().await;
+        if std::mem::take(&mut first) && !phase.is_zero() {
+            ticker.reset_at(tick + interval + phase);
+        }
         let started = Instant::now();
         let outcome =
             tokio::time::timeout(timeout, AssertUnwindSafe(collector.poll()).catch_unwind()).await;
@@ -451,5 +456,54 @@ mod tests {
             !text.contains("collector=\"test\""),
             "stopped collectors leave no series: {text}"
         );
+    }
+
+    /// Records when it was polled.
+    struct Phased {
+        polls: Arc<Mutex<Vec<tokio::time::Instant>>>,
+    }
+
+    impl Periodic for Phased {
+        fn poll(&mut self) -> BoxFuture<'_, Result<Families, CollectError>> {
+            Box::pin(async move {
+                self.polls
+                    .lock()
+                    .expect("lock")
+                    .push(tokio::time::Instant::now());
+                Ok(Families::new())
+            })
+        }
+
+        fn phase(&self) -> Duration {
+            Duration::from_secs(4)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_phase_shifts_every_poll_after_the_first() {
+        let registry = Registry::new();
+        let driver = Driver::new(Handle::current(), &registry);
+        let polls = Arc::new(Mutex::new(Vec::new()));
+        let start = tokio::time::Instant::now();
+        driver.replace(vec![Built {
+            kind: "test",
+            target: "phased".into(),
+            job: Job::Periodic {
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(2),
+                collector: Box::new(Phased {
+                    polls: polls.clone(),
+                }),
+            },
+        }]);
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        let offsets: Vec<u64> = polls
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|t| t.duration_since(start).as_secs())
+            .collect();
+        assert_eq!(offsets, vec![0, 14, 24, 34]);
+        driver.stop_all();
     }
 }

@@ -93,6 +93,13 @@ pub trait Periodic: Send + 'static {
     fn down(&self) -> Families {
         Families::new()
     }
+
+    /// How far after the schedule this collector polls, from its second poll
+    /// on (the first is at start, so readiness does not wait): collectors
+    /// that call one service spread their polls over the interval.
+    fn phase(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// A collector that runs until it is stopped, recording its own metrics.

@@ -102,7 +102,8 @@ pub fn build(targets: &[RateLimitTargetConfig]) -> Vec<Built> {
                 })
                 .collect()
         };
-        for (token, auth) in tokens {
+        let n = tokens.len() as u32;
+        for (k, (token, auth)) in (0u32..).zip(tokens) {
             built.push(Built {
                 kind: "ratelimits",
                 target: format!("{}/{token}", t.name),
@@ -117,6 +118,8 @@ pub fn build(targets: &[RateLimitTargetConfig]) -> Vec<Built> {
                         observed: BTreeMap::new(),
                         throttled: BTreeMap::new(),
                         backoff: None,
+                        // The tokens of one API take turns over the interval.
+                        phase: t.interval * k / n,
                     }),
                 },
             });
@@ -224,6 +227,7 @@ struct TokenPoller {
     /// last poll's outcome stands: its error, or (when the refusal still
     /// carried the budget) its readings.
     backoff: Option<(Instant, Option<CollectError>)>,
+    phase: Duration,
 }
 
 /// A response the API refused for its rate limit.
@@ -576,6 +580,10 @@ impl Periodic for TokenPoller {
     fn down(&self) -> Families {
         // The driver calls this after a failed poll, when `resources` is empty.
         self.families()
+    }
+
+    fn phase(&self) -> Duration {
+        self.phase
     }
 }
 
