@@ -18,7 +18,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Certificate, Client, Method, StatusCode, Url};
 
 use super::{BoxFuture, Built, CollectError, Job, Periodic, Reason};
-use crate::config::{HttpMethod, RateLimitKind, RateLimitTargetConfig, secret};
+use crate::config::{HttpMethod, RateLimitKind, RateLimitTargetConfig, TokenConfig, secret};
+use crate::ingest::protocol::ThrottleKind;
 use crate::metrics::{Families, FamilyBuilder};
 
 /// The families, shared with the rate limits apps report (`ingest`).
@@ -86,19 +87,10 @@ pub fn build(targets: &[RateLimitTargetConfig]) -> Vec<Built> {
             t.tokens
                 .iter()
                 .map(|tc| {
-                    let value = secret::resolve(tc.token.as_deref(), tc.token_file.as_deref())
-                        .and_then(|s| s.ok_or_else(|| "no token given".to_owned()))
-                        .and_then(|s| {
-                            let mut value = HeaderValue::from_str(&format!(
-                                "{}{}",
-                                shared.token_prefix,
-                                s.expose()
-                            ))
-                            .map_err(|_| "the token cannot be sent in a header".to_owned())?;
-                            value.set_sensitive(true);
-                            Ok(Some(value))
-                        });
-                    (tc.name.clone(), value)
+                    (
+                        tc.name.clone(),
+                        auth_value(&shared.token_prefix, tc).map(Some),
+                    )
                 })
                 .collect()
         };
@@ -126,6 +118,16 @@ pub fn build(targets: &[RateLimitTargetConfig]) -> Vec<Built> {
         }
     }
     built
+}
+
+/// The token header's value, marked sensitive so that it is never printed.
+fn auth_value(prefix: &str, token: &TokenConfig) -> Result<HeaderValue, String> {
+    let secret = secret::resolve(token.token.as_deref(), token.token_file.as_deref())?
+        .ok_or_else(|| "no token given".to_owned())?;
+    let mut value = HeaderValue::from_str(&format!("{prefix}{}", secret.expose()))
+        .map_err(|_| "the token cannot be sent in a header".to_owned())?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// What the tokens of one configured API share.
@@ -230,12 +232,6 @@ struct TokenPoller {
     phase: Duration,
 }
 
-/// A response the API refused for its rate limit.
-enum Throttle {
-    Primary,
-    Secondary,
-}
-
 impl TokenPoller {
     fn families(&self) -> Families {
         let mut b = FamilyBuilder::default();
@@ -266,7 +262,7 @@ impl TokenPoller {
         // Every budget seen has both counters from 0, so rate() sees the first refusal.
         let mut throttled = self.throttled.clone();
         for resource in self.observed.keys() {
-            for kind in ["primary", "secondary"] {
+            for kind in [ThrottleKind::Primary, ThrottleKind::Secondary].map(ThrottleKind::as_str) {
                 throttled.entry((resource.clone(), kind)).or_default();
             }
         }
@@ -317,10 +313,7 @@ impl TokenPoller {
 
         if let Some(kind) = throttle(status, &headers, observed.as_ref(), &message) {
             let resource = self.resource_name(observed.as_ref());
-            let kind_label = match kind {
-                Throttle::Primary => "primary",
-                Throttle::Secondary => "secondary",
-            };
+            let kind_label = kind.as_str();
             *self.throttled.entry((resource, kind_label)).or_default() += 1;
             let wait = headers::retry_after(&headers).or_else(|| {
                 // Exhausted without Retry-After: GitHub says to wait for the reset.
@@ -421,19 +414,19 @@ fn throttle(
     headers: &HeaderMap,
     observed: Option<&headers::Observed>,
     message: &str,
-) -> Option<Throttle> {
+) -> Option<ThrottleKind> {
     if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
         return None;
     }
     if observed.and_then(|o| o.remaining) == Some(0.0) {
-        return Some(Throttle::Primary);
+        return Some(ThrottleKind::Primary);
     }
     let secondary = message
         .to_ascii_lowercase()
         .contains("secondary rate limit")
         || headers.contains_key(reqwest::header::RETRY_AFTER)
         || status == StatusCode::TOO_MANY_REQUESTS;
-    secondary.then_some(Throttle::Secondary)
+    secondary.then_some(ThrottleKind::Secondary)
 }
 
 /// The body of an answer we need to read, bounded.
