@@ -610,7 +610,7 @@ def database():
     # ------------------------------------------------------------ Pools
     b.row("Pools")
     WHO = "{{app_name}}/{{pool}} {{instance}}"
-    b.timeseries("Pool connections in use vs max", "Connections checked out of each client-side pool (loopwatch_pool_in_use, solid) against its maximum (loopwatch_pool_max, dashed), as apps report them, summed over each app's live processes; loopwatch's own pools are app loopwatch, one per target. In use at max (every process's pool full) with callers waiting for 1 minute fires LoopwatchPoolStarved.",
+    b.timeseries("Pool connections in use vs max", "Connections checked out of each client-side pool (loopwatch_pool_in_use, solid) against its maximum (loopwatch_pool_max, dashed), as apps report them, summed over each app's live processes; loopwatch's own pools are app loopwatch, one per target. In use at max (every process's pool full) with callers waiting for 1 minute, or callers waiting at every poll for 6 minutes (one starved process beside idle ones), fires LoopwatchPoolStarved.",
                  "short", [target(f'loopwatch_pool_in_use{{{APP}}}', "in use " + WHO, "A"),
                            target(f'loopwatch_pool_max{{{APP}}}', "max " + WHO, "B")], 0, 12, minv=0,
                  overrides=[dashed("^max ")])
