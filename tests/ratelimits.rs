@@ -464,65 +464,23 @@ ratelimits:
     let value = |family: &str, api: &str, resource: &str, token: &str| {
         sample(&text, &series(family, api, resource, token))
     };
-    assert_eq!(
-        value("loopwatch_ratelimit_limit", "example", "default", "ietf"),
-        Some(100.0)
-    );
-    assert_eq!(
-        value(
-            "loopwatch_ratelimit_remaining",
-            "example",
-            "default",
-            "ietf"
-        ),
-        Some(40.0)
-    );
-    let ietf_reset = value(
-        "loopwatch_ratelimit_reset_timestamp_seconds",
-        "example",
-        "default",
-        "ietf",
-    )
-    .expect("reset");
+    let example = |family: &str, token: &str| value(family, "example", "default", token);
+    assert_eq!(example("loopwatch_ratelimit_limit", "ietf"), Some(100.0));
+    assert_eq!(example("loopwatch_ratelimit_remaining", "ietf"), Some(40.0));
+    let ietf_reset = example("loopwatch_ratelimit_reset_timestamp_seconds", "ietf").expect("reset");
     assert!(
         ietf_reset >= before + 30.0 && ietf_reset < before + 60.0,
         "{ietf_reset}"
     );
     assert_eq!(
-        value(
-            "loopwatch_ratelimit_reset_timestamp_seconds",
-            "example",
-            "default",
-            "xform"
-        ),
+        example("loopwatch_ratelimit_reset_timestamp_seconds", "xform"),
         Some(epoch_reset as f64)
     );
-    assert_eq!(
-        value(
-            "loopwatch_ratelimit_remaining",
-            "example",
-            "default",
-            "busy"
-        ),
-        Some(5.0)
-    );
+    assert_eq!(example("loopwatch_ratelimit_remaining", "busy"), Some(5.0));
     assert_eq!(success(&text, "example/busy"), Some(1.0));
-    assert_eq!(
-        value(
-            "loopwatch_ratelimit_remaining",
-            "example",
-            "default",
-            "spent"
-        ),
-        Some(0.0)
-    );
-    let spent_reset = value(
-        "loopwatch_ratelimit_reset_timestamp_seconds",
-        "example",
-        "default",
-        "spent",
-    )
-    .expect("reset from Retry-After");
+    assert_eq!(example("loopwatch_ratelimit_remaining", "spent"), Some(0.0));
+    let spent_reset = example("loopwatch_ratelimit_reset_timestamp_seconds", "spent")
+        .expect("reset from Retry-After");
     assert!(
         spent_reset >= before + 30.0 && spent_reset < before + 60.0,
         "{spent_reset}"
