@@ -23,7 +23,7 @@ if [ -z "${LOOPWATCH_BIN:-}" ]; then
   LOOPWATCH_BIN=$PWD/target/release/loopwatch
 fi
 
-lw_version=$("$LOOPWATCH_BIN" --version 2>&1) # whole: `| head -1` makes it panic on EPIPE
+lw_version=$("$LOOPWATCH_BIN" --version 2>&1)
 lw_version=${lw_version%%$'\n'*}
 
 free_port() { # first port from $1 on that nothing listens on
