@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{Semaphore, watch};
@@ -103,12 +103,7 @@ impl ReloadMetrics {
 
     fn loaded(&self) {
         self.successful.set(1);
-        self.success_time.set(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default(),
-        );
+        self.success_time.set(crate::metrics::unix_now());
     }
 }
 

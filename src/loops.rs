@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -17,7 +17,7 @@ use prometheus::{
     Opts, Registry,
 };
 
-use crate::metrics::FamilyBuilder;
+use crate::metrics::{FamilyBuilder, unix_now};
 
 /// Lag buckets: few, from 1 ms (healthy) to 10 s (an outage).
 pub const LAG_BUCKETS: [f64; 7] = [0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10.0];
@@ -119,13 +119,6 @@ pub struct LoopHandle {
     /// Created at the first tick: a 0 timestamp would read as 1970.
     last_heartbeat: (GaugeVec, [String; 2]),
     tasks_pending: IntGauge,
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }
 
 impl LoopHandle {

@@ -10,6 +10,14 @@ use arc_swap::ArcSwap;
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Opts, Registry, TextEncoder};
 
+/// Now as Unix seconds, for `*_timestamp_seconds` gauges.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
 /// The metric families one poll produced.
 pub type Families = Vec<MetricFamily>;
 

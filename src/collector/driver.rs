@@ -7,7 +7,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use super::{Built, CollectError, Job, Periodic, Reason, Streaming};
-use crate::metrics::{Families, Slot, Snapshots, encode_families};
+use crate::metrics::{Families, Slot, Snapshots, encode_families, unix_now};
 
 /// How often a running streaming collector's last success is refreshed.
 const STREAMING_ALIVE_EVERY: Duration = Duration::from_secs(5);
@@ -117,13 +117,6 @@ pub struct Driver {
     snapshots: Snapshots,
     running: Mutex<Vec<Running>>,
     statuses: ArcSwap<Vec<Arc<CollectorStatus>>>,
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -12,13 +12,14 @@ pub mod udp;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prometheus::{CounterVec, GaugeVec, IntCounterVec, Opts, Registry};
 use serde::Serialize;
 
 use crate::config::IngestConfig;
 use crate::loops::{LoopHandle, LoopStatus, Loops};
+use crate::metrics::unix_now;
 use protocol::{Body, Heartbeat, Message, Rejection, Stall, ThrottleKind, label_value};
 
 /// The label value that stands for everything beyond a cap.
@@ -327,13 +328,6 @@ fn fold(known: &mut HashMap<String, ()>, value: &str, cap: usize) -> (String, bo
     }
     known.insert(OTHER.to_owned(), ());
     (OTHER.to_owned(), true)
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }
 
 /// A loop as `GET /api/v1/loops` shows it.

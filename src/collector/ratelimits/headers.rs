@@ -4,11 +4,12 @@
 //! `RateLimit-Policy` structured fields, and `Retry-After`. The Python
 //! client's `ratelimit_from_headers` reads the same forms.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
 
 use crate::config::ResetFormat;
+use crate::metrics::unix_now;
 
 /// Above this a reset value is a Unix time, at or below it seconds from now
 /// (10^9 seconds is about 31 years; as a time it is 2001).
@@ -58,13 +59,6 @@ fn reset_time(value: f64, format: ResetFormat, now: f64) -> f64 {
         ResetFormat::Auto => value > EPOCH_THRESHOLD,
     };
     if epoch { value } else { now + value.max(0.0) }
-}
-
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }
 
 /// `Retry-After`: seconds or an HTTP date, as a wait from now.

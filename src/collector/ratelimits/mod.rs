@@ -20,7 +20,7 @@ use reqwest::{Certificate, Client, Method, StatusCode, Url};
 use super::{BoxFuture, Built, CollectError, Job, Periodic, Reason};
 use crate::config::{HttpMethod, RateLimitKind, RateLimitTargetConfig, TokenConfig, secret};
 use crate::ingest::protocol::ThrottleKind;
-use crate::metrics::{Families, FamilyBuilder};
+use crate::metrics::{Families, FamilyBuilder, unix_now};
 
 /// The families, shared with the rate limits apps report (`ingest`).
 pub const LIMIT: (&str, &str) = (
@@ -320,7 +320,7 @@ impl TokenPoller {
                 observed
                     .as_ref()
                     .and_then(|o| o.reset)
-                    .map(|r| Duration::from_secs_f64((r - headers::unix_now()).max(0.0)))
+                    .map(|r| Duration::from_secs_f64((r - unix_now()).max(0.0)))
             });
             let error = CollectError::new(
                 Reason::Http4xx,
@@ -553,7 +553,7 @@ impl Periodic for TokenPoller {
             }
             match self.read().await {
                 Ok(readings) => {
-                    let now = headers::unix_now();
+                    let now = unix_now();
                     // A resource the API no longer lists is gone, not stale.
                     self.observed.retain(|r, _| readings.contains_key(r));
                     for resource in readings.keys() {
