@@ -6,6 +6,7 @@
 pub mod app;
 pub mod collector;
 pub mod config;
+pub mod families;
 pub mod ingest;
 pub mod logging;
 pub mod loops;

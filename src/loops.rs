@@ -214,8 +214,8 @@ impl Collector for WatchdogCollector {
                 LoopStatus::Down => (0.0, 0.0),
                 LoopStatus::Running | LoopStatus::Stalled => (1.0, t.stall(now).as_secs_f64()),
             };
-            b.gauge(UP_NAME, UP_HELP, &labels, up);
-            b.gauge(STALL_NAME, STALL_HELP, &labels, stall);
+            b.gauge_named(UP_NAME, UP_HELP, &labels, up);
+            b.gauge_named(STALL_NAME, STALL_HELP, &labels, stall);
         }
         b.finish()
     }

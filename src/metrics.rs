@@ -10,6 +10,8 @@ use arc_swap::ArcSwap;
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Opts, Registry, TextEncoder};
 
+use crate::families::Family;
+
 /// Now as Unix seconds, for `*_timestamp_seconds` gauges.
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
@@ -32,7 +34,51 @@ pub struct FamilyBuilder {
 }
 
 impl FamilyBuilder {
-    pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+    /// One sample of `family` with these label values, in the family's label order.
+    pub fn gauge(&mut self, family: &Family, values: &[&str], value: f64) {
+        let mut gauge = Gauge::default();
+        gauge.set_value(value);
+        self.add(family, values, MetricType::GAUGE, |m| m.set_gauge(gauge));
+    }
+
+    pub fn counter(&mut self, family: &Family, values: &[&str], value: f64) {
+        let mut counter = Counter::default();
+        counter.set_value(value);
+        self.add(family, values, MetricType::COUNTER, |m| {
+            m.set_counter(counter)
+        });
+    }
+
+    fn add(
+        &mut self,
+        family: &Family,
+        values: &[&str],
+        kind: MetricType,
+        set: impl FnOnce(&mut Metric),
+    ) {
+        if family.labels.len() != values.len() {
+            // A bug, but never worth a panic in a scrape: log it and skip the sample.
+            tracing::error!(
+                family = family.name,
+                "Label values do not match the family's labels"
+            );
+            return;
+        }
+        // Sorted by name, as the registry's own vectors print them, so a
+        // family filled from both sources reads alike.
+        let mut labels: Vec<(&str, &str)> = family
+            .labels
+            .iter()
+            .copied()
+            .zip(values.iter().copied())
+            .collect();
+        labels.sort_unstable_by_key(|(name, _)| *name);
+        let mut metric = Metric::from_label(label_pairs(&labels));
+        set(&mut metric);
+        self.push(family.name, family.help, kind, metric);
+    }
+
+    pub fn gauge_named(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
         let mut gauge = Gauge::default();
         gauge.set_value(value);
         let mut metric = Metric::from_label(label_pairs(labels));
@@ -40,7 +86,7 @@ impl FamilyBuilder {
         self.push(name, help, MetricType::GAUGE, metric);
     }
 
-    pub fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+    pub fn counter_named(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
         let mut counter = Counter::default();
         counter.set_value(value);
         let mut metric = Metric::from_label(label_pairs(labels));
@@ -216,10 +262,10 @@ mod tests {
         live.with_label_values(&["live"]).set(3.0);
         let snapshots = Snapshots::default();
         let mut a = FamilyBuilder::default();
-        a.gauge("x_value", "help", &[("group", "a")], 1.0);
-        a.counter("y_total", "help y", &[], 5.0);
+        a.gauge_named("x_value", "help", &[("group", "a")], 1.0);
+        a.counter_named("y_total", "help y", &[], 5.0);
         let mut b = FamilyBuilder::default();
-        b.gauge("x_value", "help", &[("group", "b")], 2.0);
+        b.gauge_named("x_value", "help", &[("group", "b")], 2.0);
         let slot_a = Arc::new(Slot::from_pointee(encode_families(&a.finish())));
         let slot_b = Arc::new(Slot::from_pointee(encode_families(&b.finish())));
         snapshots.replace(vec![slot_a.clone(), slot_b]);

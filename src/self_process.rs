@@ -96,33 +96,33 @@ impl Collector for SelfProcess {
         };
         let help = |i: usize| FAMILIES[i].1;
         if let Ok(stat) = me.stat() {
-            b.counter(
+            b.counter_named(
                 FAMILIES[0].0,
                 help(0),
                 &[],
                 (stat.utime + stat.stime) as f64 / self.ticks_per_second,
             );
-            b.gauge(FAMILIES[3].0, help(3), &[], stat.vsize as f64);
-            b.gauge(
+            b.gauge_named(FAMILIES[3].0, help(3), &[], stat.vsize as f64);
+            b.gauge_named(
                 FAMILIES[4].0,
                 help(4),
                 &[],
                 stat.rss as f64 * self.page_size,
             );
-            b.gauge(FAMILIES[6].0, help(6), &[], stat.num_threads as f64);
+            b.gauge_named(FAMILIES[6].0, help(6), &[], stat.num_threads as f64);
         }
         if let Ok(n) = me.fd_count() {
-            b.gauge(FAMILIES[1].0, help(1), &[], n as f64);
+            b.gauge_named(FAMILIES[1].0, help(1), &[], n as f64);
         }
         if let Ok(limit) = soft_fd_limit(Path::new("/proc/self/limits")) {
-            b.gauge(
+            b.gauge_named(
                 FAMILIES[2].0,
                 help(2),
                 &[],
                 limit.map_or(f64::INFINITY, |v| v as f64),
             );
         }
-        b.gauge(FAMILIES[5].0, help(5), &[], self.start_time);
+        b.gauge_named(FAMILIES[5].0, help(5), &[], self.start_time);
         b.finish()
     }
 }

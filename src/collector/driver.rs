@@ -382,7 +382,7 @@ mod tests {
                 match self.step {
                     1 => {
                         let mut b = FamilyBuilder::default();
-                        b.gauge("test_value", "A value.", &[], 7.0);
+                        b.gauge_named("test_value", "A value.", &[], 7.0);
                         Ok(b.finish())
                     }
                     2 => Err(CollectError::new(Reason::Connect, "refused")),

@@ -96,7 +96,7 @@ impl PgBouncerTarget {
 
         let mut b = FamilyBuilder::default();
         let name = self.name.as_str();
-        b.gauge(
+        b.gauge_named(
             "loopwatch_pgbouncer_up",
             "Whether the last poll of the PgBouncer admin console succeeded, sampled every interval.",
             &[("target", name)],
@@ -106,7 +106,7 @@ impl PgBouncerTarget {
             let (database, user) = (text(row, "database"), text(row, "user"));
             for (column, state) in [("cl_active", "active"), ("cl_waiting", "waiting")] {
                 if let Some(n) = number(row, column) {
-                    b.gauge(
+                    b.gauge_named(
                         "loopwatch_pgbouncer_clients",
                         "Client connections of the pool by state, sampled every interval.",
                         &[
@@ -127,7 +127,7 @@ impl PgBouncerTarget {
                 ("sv_login", "login"),
             ] {
                 if let Some(n) = number(row, column) {
-                    b.gauge(
+                    b.gauge_named(
                         "loopwatch_pgbouncer_servers",
                         "Server connections of the pool by state, sampled every interval.",
                         &[
@@ -142,7 +142,7 @@ impl PgBouncerTarget {
             }
             let wait = number(row, "maxwait").unwrap_or(0.0)
                 + number(row, "maxwait_us").unwrap_or(0.0) / 1e6;
-            b.gauge(
+            b.gauge_named(
                 "loopwatch_pgbouncer_max_wait_seconds",
                 "How long the oldest waiting client of the pool has waited, sampled every interval.",
                 &[("target", name), ("database", database), ("user", user)],
@@ -175,7 +175,7 @@ impl PgBouncerTarget {
                 ),
             ] {
                 if let Some(n) = columns.iter().find_map(|c| number(row, c)) {
-                    b.gauge(family, help, &labels, n);
+                    b.gauge_named(family, help, &labels, n);
                 }
             }
         }
@@ -183,7 +183,7 @@ impl PgBouncerTarget {
             // Catches waits that start and end between two polls, which
             // max_wait cannot see.
             if let Some(us) = number(row, "total_wait_time") {
-                b.counter(
+                b.counter_named(
                     "loopwatch_pgbouncer_client_wait_seconds_total",
                     "Time clients of the database spent waiting for a server connection (SHOW STATS total_wait_time), sampled every interval.",
                     &[("target", name), ("database", text(row, "database"))],
@@ -196,7 +196,7 @@ impl PgBouncerTarget {
             .find(|r| text(r, "key") == "max_client_conn")
         {
             if let Some(n) = number(row, "value") {
-                b.gauge(
+                b.gauge_named(
                     "loopwatch_pgbouncer_max_client_connections",
                     "PgBouncer's max_client_conn, sampled every interval.",
                     &[("target", name)],
@@ -215,7 +215,7 @@ impl Periodic for PgBouncerTarget {
 
     fn down(&self) -> Families {
         let mut b = FamilyBuilder::default();
-        b.gauge(
+        b.gauge_named(
             "loopwatch_pgbouncer_up",
             "Whether the last poll of the PgBouncer admin console succeeded, sampled every interval.",
             &[("target", &self.name)],

@@ -140,12 +140,12 @@ impl PostgresTarget {
             s.waiting,
         ];
         for ((name, help), value) in crate::ingest::POOL_FIELDS.iter().zip(values) {
-            b.gauge(name, help, &labels, value as f64);
+            b.gauge_named(name, help, &labels, value as f64);
         }
     }
 
     fn up(&self, b: &mut FamilyBuilder, up: bool) {
-        b.gauge(
+        b.gauge_named(
             "loopwatch_pg_up",
             "Whether the last poll of the PostgreSQL target succeeded, sampled every interval.",
             &[("target", &self.name)],
@@ -287,7 +287,7 @@ impl Periodic for PostgresTarget {
                     "How long the longest-running query that now waits for a lock has been running (0 when none), sampled every interval.",
                 ),
             ] {
-                b.gauge(name, help, &target, value(i));
+                b.gauge_named(name, help, &target, value(i));
             }
 
             // Bounded: the largest label sets keep their names, the rest fold.
@@ -302,7 +302,7 @@ impl Periodic for PostgresTarget {
                 *counts.entry(key).or_default() += row.get::<_, f64>(4);
             }
             for ([database, user, application, state], n) in &counts {
-                b.gauge(
+                b.gauge_named(
                     "loopwatch_pg_connections",
                     "Client connections by database, user, application_name and state (pg_stat_activity), sampled every interval.",
                     &[

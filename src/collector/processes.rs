@@ -456,19 +456,19 @@ fn sample_group(
 
     let mut b = FamilyBuilder::default();
     let labels = [("group", name)];
-    b.gauge(
+    b.gauge_named(
         "loopwatch_processes",
         "Processes in the group (0 when none runs), sampled every interval.",
         &labels,
         members.len() as f64,
     );
-    b.counter(
+    b.counter_named(
         "loopwatch_process_cpu_seconds_total",
         "CPU time (user and system) used by the group's processes, sampled every interval.",
         &labels,
         state.cpu_ticks_total as f64 / units.ticks_per_second,
     );
-    b.counter(
+    b.counter_named(
         "loopwatch_process_restarts_total",
         "Processes that joined the group after loopwatch's first poll (restarts, crash loops, new workers), sampled every interval.",
         &labels,
@@ -476,19 +476,19 @@ fn sample_group(
     );
     if !members.is_empty() {
         let sum = |f: fn(&ProcInfo) -> f64| members.iter().map(|p| f(p)).sum::<f64>();
-        b.gauge(
+        b.gauge_named(
             "loopwatch_process_resident_memory_bytes",
             "Resident memory of the group's processes, summed, sampled every interval.",
             &labels,
             sum(|p| p.rss_pages as f64) * units.page_size,
         );
-        b.gauge(
+        b.gauge_named(
             "loopwatch_process_virtual_memory_bytes",
             "Virtual memory of the group's processes, summed, sampled every interval.",
             &labels,
             sum(|p| p.vsize as f64),
         );
-        b.gauge(
+        b.gauge_named(
             "loopwatch_process_threads",
             "Threads of the group's processes, summed, sampled every interval.",
             &labels,
@@ -499,7 +499,7 @@ fn sample_group(
             .map(|p| p.starttime)
             .min()
             .unwrap_or_default();
-        b.gauge(
+        b.gauge_named(
             "loopwatch_process_start_time_seconds",
             "Unix start time of the group's oldest process, sampled every interval.",
             &labels,
@@ -518,14 +518,14 @@ fn sample_group(
                 ratio(a).total_cmp(&ratio(b)).then(a.0.cmp(&b.0))
             });
         if let Some((open, limit)) = worst {
-            b.gauge(
+            b.gauge_named(
                 "loopwatch_process_open_fds",
                 "Open file descriptors of the group's process closest to its limit, sampled every interval.",
                 &labels,
                 open as f64,
             );
             if let Some(limit) = limit {
-                b.gauge(
+                b.gauge_named(
                     "loopwatch_process_max_fds",
                     "File descriptor limit (soft) of the group's process closest to its limit, sampled every interval.",
                     &labels,
@@ -540,7 +540,7 @@ fn sample_group(
         ("permission_denied", state.errors.permission_denied),
         ("other", state.errors.other),
     ] {
-        b.counter(
+        b.counter_named(
             "loopwatch_process_read_errors_total",
             "/proc entries that could not be read while sampling the group (a process exiting mid-read, another user's process), by reason.",
             &[("group", name), ("reason", reason)],

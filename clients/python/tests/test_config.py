@@ -146,13 +146,41 @@ def test_unusable_target_is_not_an_error(
     assert "unusable target" in caplog.text
 
 
-def test_unresolvable_host_is_not_an_error(loop: asyncio.AbstractEventLoop) -> None:
+def test_unresolvable_host_is_not_an_error(
+    loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="loopwatch")
+
     async def body() -> None:
+        t0 = time.monotonic()
         r = loopwatch.start("api", target="udp://loopwatch.invalid:10071", interval=0.01)
+        # The name is resolved in the background, never on the loop.
+        assert time.monotonic() - t0 < 0.5
+        assert r.enabled and not r.stopped
+        deadline = time.monotonic() + 10
+        while "cannot resolve loopwatch.invalid" not in caplog.text:
+            assert time.monotonic() < deadline, f"the resolution never failed: {caplog.text}"
+            await asyncio.sleep(0.02)
+        # After the failed resolution the reporter still runs (sending into
+        # nothing), and its public calls neither raise nor stop it.
+        beats = r._beats
         await asyncio.sleep(0.1)
-        r.stop()
+        assert r._beats > beats
+        r.pool("db", size=1, max=2, in_use=0, waiting=0)
+        r.ratelimit("github", "core", limit=1, remaining=1, reset=0.0)
+        assert r.enabled and not r.stopped
+        t0 = time.monotonic()
+        await r.astop()
+        assert r.stopped
+        assert time.monotonic() - t0 < 2.5
 
     loop.run_until_complete(body())
+    # Not an error: nothing above debug was logged, and no traceback.
+    loud = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert not loud, [rec.getMessage() for rec in loud]
+    assert "Traceback" not in caplog.text
 
 
 def test_hostname_resolved_off_the_loop(loop: asyncio.AbstractEventLoop, udp: UdpReceiver) -> None:

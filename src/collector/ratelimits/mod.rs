@@ -244,11 +244,11 @@ impl TokenPoller {
                 ("token", token),
             ];
             if let Some(limit) = r.limit {
-                b.gauge(LIMIT.0, LIMIT.1, &labels, limit);
+                b.gauge_named(LIMIT.0, LIMIT.1, &labels, limit);
             }
-            b.gauge(REMAINING.0, REMAINING.1, &labels, r.remaining);
+            b.gauge_named(REMAINING.0, REMAINING.1, &labels, r.remaining);
             if let Some(reset) = r.reset {
-                b.gauge(RESET.0, RESET.1, &labels, reset);
+                b.gauge_named(RESET.0, RESET.1, &labels, reset);
             }
         }
         for (resource, at) in &self.observed {
@@ -257,7 +257,7 @@ impl TokenPoller {
                 ("resource", resource.as_str()),
                 ("token", token),
             ];
-            b.gauge(OBSERVED.0, OBSERVED.1, &labels, *at);
+            b.gauge_named(OBSERVED.0, OBSERVED.1, &labels, *at);
         }
         // Every budget seen has both counters from 0, so rate() sees the first refusal.
         let mut throttled = self.throttled.clone();
@@ -274,7 +274,7 @@ impl TokenPoller {
                 ("resource", resource.as_str()),
                 ("token", token),
             ];
-            b.counter(THROTTLED.0, THROTTLED.1, &labels, *n as f64);
+            b.counter_named(THROTTLED.0, THROTTLED.1, &labels, *n as f64);
         }
         b.finish()
     }
