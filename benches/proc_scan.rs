@@ -35,7 +35,7 @@ use loopwatch::collector::processes::{self, ProcScanner};
 use loopwatch::collector::{Job, Periodic, Shared};
 use loopwatch::config::{ProcessGroupConfig, ProcessMatchConfig};
 use loopwatch::ingest::Ingest;
-use loopwatch::loops::Loops;
+use loopwatch::watchdog::Watchdog;
 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -100,15 +100,16 @@ struct Ctx {
 
 /// `Shared` as `app::Exporter::start` builds it, apart from the scanner.
 fn shared_template(registry: &prometheus::Registry) -> Shared {
-    let loops = Arc::new(Loops::register(registry));
+    let watchdog = Arc::new(Watchdog::register(registry));
     let ingest = Arc::new(Ingest::register(
         registry,
-        loops.clone(),
+        watchdog.clone(),
         loopwatch::config::default_config().get().ingest.clone(),
     ));
     Shared {
-        loops,
+        watchdog,
         ingest,
+        udp: Arc::default(),
         proc_scanner: Arc::new(ProcScanner::new("/proc")),
     }
 }

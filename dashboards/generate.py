@@ -364,11 +364,14 @@ def event_loops():
 
     # ------------------------------------------------------------ Now
     b.row("Now")
-    b.stat("Loops", "Whether each selected loop is reporting (loopwatch_loop_up). DOWN: it sent nothing for ingest.silence_timeout (30s) without saying bye, so the app died or hangs with the GIL held; for 1 minute it fires LoopwatchLoopDown. A loop stopped cleanly (bye) is not shown.",
-           "none", [target(f'loopwatch_loop_up{{{LOOP}}}', WHO, instant=True)], 0, 6, h=6,
+    b.stat("Loops", "Whether each selected loop is reporting (loopwatch_loop_up): UP while at least one of its processes is. DOWN: every process sent nothing for ingest.silence_timeout (30s) without saying bye, so the app died or hangs with the GIL held; for 1 minute it fires LoopwatchLoopDown. A loop stopped cleanly (bye) is not shown.",
+           "none", [target(f'loopwatch_loop_up{{{LOOP}}}', WHO, instant=True)], 0, 4, h=6,
            steps=[("red", None), ("green", 1)], mappings=okmap("UP", "DOWN"), text_mode="value_and_name")
-    b.stat("Stall now", "How long each loop has been blocked right now (loopwatch_loop_stall_seconds): 0 while its heartbeats arrive on time, growing live while it is blocked. Orange from 0.5s, red from 2s; over 1s for 30 seconds fires LoopwatchLoopStalled. The blocking stack is at /api/v1/loops.",
-           "s", [target(f'loopwatch_loop_stall_seconds{{{LOOP}}}', WHO, instant=True)], 6, 6, h=6,
+    b.stat("Processes", "Live processes reporting each loop now (loopwatch_loop_processes): the app's workers (uvicorn or gunicorn --workers, Celery), told apart by pid. Fewer than the app runs: workers died or hang (see Processes lost below).",
+           "short", [target(f'loopwatch_loop_processes{{{LOOP}}}', WHO, instant=True)], 4, 4, h=6,
+           steps=[("red", None), ("green", 1)], text_mode="value_and_name")
+    b.stat("Stall now", "How long each loop has been blocked right now, in its worst process (loopwatch_loop_stall_seconds is the worst live process's stall: one blocked worker of several shows in full): 0 while heartbeats arrive on time, growing live while a loop is blocked. Orange from 0.5s, red from 2s; over 1s for 30 seconds fires LoopwatchLoopStalled. Which worker: Stall by worker below; the blocking stack is at /api/v1/loops.",
+           "s", [target(f'loopwatch_loop_stall_seconds{{{LOOP}}}', WHO, instant=True)], 8, 4, h=6,
            steps=[("green", None), ("orange", 0.5), ("red", 2)], text_mode="value_and_name")
     b.table("Reporters", "The client reporting each loop (loopwatch_loop_info): client version, asyncio or uvloop, language version, and the time since the loop's last heartbeat (loopwatch_loop_last_heartbeat_timestamp_seconds). loopwatch's own runtime has no reporter.",
             "s", [target(f'loopwatch_loop_info{{{LOOP}}} * on (job, instance, app_name, loop) group_left () '
@@ -378,6 +381,36 @@ def event_loops():
                                             "indexByName": {"instance": 0, "app_name": 1, "loop": 2, "runtime": 3, "language_version": 4, "client_version": 5, "Value": 6},
                                             "renameByName": {"Value": "Since last heartbeat"}}}])
     b.down(6)
+
+    # ------------------------------------------------------------ Processes and workers
+    b.row("Processes and workers")
+    b.timeseries("Live processes", "Live processes reporting each loop (loopwatch_loop_processes): those that heartbeat, not silent for ingest.silence_timeout and not stopped with a bye. A step down is workers that died, hang or were stopped; a step up, workers added or replaced. 0 with the loop still shown: every process went silent (LoopwatchLoopDown).",
+                 "short", [target(f'loopwatch_loop_processes{{{LOOP}}}', WHO)], 0, 8, minv=0)
+    b.timeseries("Processes lost without bye", "Processes of each loop that went silent for ingest.silence_timeout without saying bye, per interval (increase of loopwatch_loop_restarts_total): crashed, killed (OOM killer, a supervisor's timeout) or hung. A clean stop (bye) does not count. More than 3 in 15 minutes fires LoopwatchLoopRestarting.",
+                 "short", [target(f'sum by (instance, app_name, loop) (increase(loopwatch_loop_restarts_total{{{LOOP}}}[{RI}]))', WHO)], 8, 8, minv=0)
+    b.timeseries("Stall, worst process", "How long each loop has been blocked, over time (loopwatch_loop_stall_seconds). It is the stall of the loop's worst live process, so one blocked worker of several shows in full, and blocks of different workers at successive scrapes read as one line. Over 1s (the line) at scrapes 30 seconds apart fires LoopwatchLoopStalled. A process silent for the silence timeout leaves it (it counts as lost instead).",
+                 "s", [target(f'loopwatch_loop_stall_seconds{{{LOOP}}}', WHO)], 16, 8, minv=0,
+                 steps=[("green", None), ("red", 1)])
+    b.down(8)
+    b.timeseries("Stall by worker", "How long each worker's loop has been blocked (loopwatch_loop_worker_stall_seconds), for clients that send a worker id (the worker argument of loopwatch.start, or LOOPWATCH_WORKER): which worker the worst-process stall above belongs to. Workers beyond ingest.max_workers_per_loop (64) fold into other. Empty when no client sends a worker id: /api/v1/loops lists every process by pid.",
+                 "s", [target(f'loopwatch_loop_worker_stall_seconds{{{LOOP}}}', "{{worker}} " + WHO)], 0, 16, minv=0,
+                 steps=[("green", None), ("red", 1)])
+    b.table("Workers now", "Each worker of the selected loops, for clients that send a worker id: whether a live process reports it (loopwatch_loop_worker_up; DOWN: its process went silent without a bye, until a new process takes its id over) and its stall now (loopwatch_loop_worker_stall_seconds). A worker that said bye is not shown.",
+            "short", [target(f'loopwatch_loop_worker_up{{{LOOP}}}', "", "A", instant=True, fmt="table"),
+                      target(f'loopwatch_loop_worker_stall_seconds{{{LOOP}}}', "", "B", instant=True, fmt="table")],
+            16, 8, 8,
+            [{"id": "merge", "options": {}},
+             {"id": "organize", "options": {"excludeByName": {"Time": True, "job": True, "__name__": True},
+                                            "indexByName": {"instance": 0, "app_name": 1, "loop": 2, "worker": 3, "Value #A": 4, "Value #B": 5},
+                                            "renameByName": {"Value #A": "Up", "Value #B": "Stall"}}}],
+            overrides=[{"matcher": {"id": "byName", "options": "Up"},
+                        "properties": [{"id": "mappings", "value": okmap("UP", "DOWN")},
+                                       {"id": "custom.cellOptions", "value": {"type": "color-background"}}]},
+                       {"matcher": {"id": "byName", "options": "Stall"},
+                        "properties": [{"id": "unit", "value": "s"},
+                                       {"id": "thresholds", "value": thresholds([("green", None), ("orange", 0.5), ("red", 2)])},
+                                       {"id": "custom.cellOptions", "value": {"type": "color-text"}}]}])
+    b.down(8)
 
     # ------------------------------------------------------------ Lag
     b.row("Lag")
@@ -452,7 +485,7 @@ def event_loops():
                  overrides=[{"matcher": {"id": "byRegexp", "options": "^max "},
                              "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
                                             {"id": "custom.fillOpacity", "value": 0}]}])
-    b.timeseries("Pool waiters", "Callers waiting for a connection of each pool (loopwatch_pool_waiting, summed over the app's live processes). Any waiting means requests queue for the pool: raise its size (within the server's limit) or hold connections for less time.",
+    b.timeseries("Pool waiters", "Callers waiting for a connection of each pool (loopwatch_pool_waiting, summed over the app's live processes, as each last reported). Any waiting means requests queue for the pool: raise its size (within the server's limit) or hold connections for less time. A scrape sees the queue of one moment, so it may read 0 between waits; the Database dashboard has the waits, timeouts and queues between scrapes (loopwatch_pool_waiting_max).",
                  "short", [target(f'loopwatch_pool_waiting{{{APP}}}', "{{app_name}}/{{pool}} {{instance}}")], 12, 12, minv=0,
                  steps=[("green", None), ("red", 1)])
     b.down(8)
@@ -467,15 +500,15 @@ def event_loops():
     b.row("Ingest")
     b.timeseries("Messages received", "Messages from apps per second by transport, accepted or not (rate of loopwatch_ingest_messages_total): udp datagrams and http NDJSON lines. Each loop sends 4 heartbeats a second at the client's defaults.",
                  "cps", [target(f'sum by (instance, transport) (rate(loopwatch_ingest_messages_total{{{SEL}}}[{RI}]))', "{{transport}} {{instance}}")], 0, 8, minv=0)
-    b.timeseries("Rejected messages", "Messages rejected per second by reason (rate of loopwatch_ingest_rejected_total): not_json, unknown_version, unknown_type, invalid, oversize, too_many_apps, too_many_loops. Only reasons with rejections are drawn; for 15 minutes it fires LoopwatchIngestRejecting.",
+    b.timeseries("Rejected messages", "Messages rejected per second by reason (rate of loopwatch_ingest_rejected_total): not_json, unknown_version, unknown_type, invalid, oversize, too_many_apps, too_many_loops, too_many_processes (more than ingest.max_processes_per_loop live processes of one loop), reserved (the app name loopwatch, or an app's rate limit for a polled {api, token}). Only reasons with rejections are drawn; for 15 minutes it fires LoopwatchIngestRejecting.",
                  "cps", [target(f'sum by (instance, reason) (rate(loopwatch_ingest_rejected_total{{{SEL}}}[{RI}])) > 0', "{{reason}} {{instance}}")], 8, 8, minv=0)
-    b.timeseries("Folded label values", "Events per second whose label value exceeded its cap and was folded into other, by kind (rate of loopwatch_ingest_folded_total): task, exception, site, pool, ratelimit. Raise the ingest.max_* cap or give apps fewer distinct names.",
+    b.timeseries("Folded label values", "Events per second whose label value exceeded its cap and was folded into other, by kind (rate of loopwatch_ingest_folded_total): task, exception, site, pool, ratelimit, worker (worker ids beyond ingest.max_workers_per_loop). Raise the ingest.max_* cap or give apps fewer distinct names.",
                  "cps", [target(f'sum by (instance, kind) (rate(loopwatch_ingest_folded_total{{{SEL}}}[{RI}])) > 0', "{{kind}} {{instance}}")], 16, 8, minv=0)
     b.down(8)
 
     return dashboard(
         "loopwatch / Event loops", "loopwatch-event-loops",
-        "Apps' event loops reported to loopwatch: stalls now and their blocking sites, lag, task failures and leaks, client pools, API rate limits, and ingest.",
+        "Apps' event loops reported to loopwatch: stalls now and their blocking sites, the processes (workers) of each loop and those lost, lag, task failures and leaks, client pools, API rate limits, and ingest.",
         b.panels,
         [DATASOURCE_VAR, JOB_VAR, INSTANCE_VAR,
          qvar("app_name", "App", 'label_values(loopwatch_loop_up{job=~"$job", instance=~"$instance"}, app_name)', True, True,
@@ -610,36 +643,60 @@ def database():
     # ------------------------------------------------------------ Pools
     b.row("Pools")
     WHO = "{{app_name}}/{{pool}} {{instance}}"
-    b.timeseries("Pool connections in use vs max", "Connections checked out of each client-side pool (loopwatch_pool_in_use, solid) against its maximum (loopwatch_pool_max, dashed), as apps report them, summed over each app's live processes; loopwatch's own pools are app loopwatch, one per target. In use at max (every process's pool full) with callers waiting for 1 minute, or callers waiting at every poll for 6 minutes (one starved process beside idle ones), fires LoopwatchPoolStarved.",
+    ACQ = f'rate(loopwatch_pool_acquires_total{{{APP}}}[{RI}])'
+    TIMEOUTS = f'rate(loopwatch_pool_acquire_timeouts_total{{{APP}}}[{RI}])'
+    WAITED = f'rate(loopwatch_pool_wait_seconds_total{{{APP}}}[{RI}])'
+    # The expression of LoopwatchPoolStarved: the share of the last 10
+    # minutes with callers queueing (waiting_max, or waiting for loopwatch's
+    # own pools, which have no waiting_max).
+    QUEUEING = f'avg_over_time(((loopwatch_pool_waiting_max{{{APP}}} or loopwatch_pool_waiting{{{APP}}}) > bool 0)[10m:])'
+    b.timeseries("Acquire timeouts", "Acquires per second that timed out or failed, per client-side pool (rate of loopwatch_pool_acquire_timeouts_total, summed over each app's processes): callers that gave up waiting for a connection, each usually a failed request (an HTTP 500). Over 0.05 per second (the line) for a minute fires LoopwatchPoolAcquireTimeouts.",
+                 "cps", [target(TIMEOUTS, WHO)], 0, 8, minv=0,
+                 steps=[("green", None), ("red", 0.05)])
+    b.timeseries("Mean wait per acquire", "How long callers waited for a connection, on average per acquire, timed-out ones included (rate of loopwatch_pool_wait_seconds_total / rates of loopwatch_pool_acquires_total and loopwatch_pool_acquire_timeouts_total). A pool with a free connection answers in microseconds; waits of tens of milliseconds and up are callers queueing for busy connections, or connections opened for each acquire. Over 100ms (the line) over 5-minute windows for 5 minutes fires LoopwatchPoolWaitHigh. Empty while a pool has no acquires.",
+                 "s", [target(f'{WAITED} / ({ACQ} + {TIMEOUTS})', WHO)], 8, 8, minv=0,
+                 steps=[("green", None), ("orange", 0.1)])
+    b.timeseries("Acquires", "Connections handed out per second by each pool (rate of loopwatch_pool_acquires_total, summed over each app's processes): the load on the pool. A rise with the waits above is more load than the pool can serve; waits without a rise, connections held longer (slow queries, awaits while holding one).",
+                 "cps", [target(ACQ, WHO)], 16, 8, minv=0)
+    b.down(8)
+    b.timeseries("Pool connections in use vs max", "Connections checked out of each client-side pool (loopwatch_pool_in_use, solid) against its maximum (loopwatch_pool_max, dashed), as apps report them, summed over each app's live processes; loopwatch's own pools are app loopwatch, one per target. In use below max with callers waiting: some process's own pool is full (4 workers with 10 each read max 40). Sampled at the last report of each process: a pool whose callers time out can read full at one scrape and half empty at the next.",
                  "short", [target(f'loopwatch_pool_in_use{{{APP}}}', "in use " + WHO, "A"),
-                           target(f'loopwatch_pool_max{{{APP}}}', "max " + WHO, "B")], 0, 12, minv=0,
+                           target(f'loopwatch_pool_max{{{APP}}}', "max " + WHO, "B")], 0, 8, minv=0,
                  overrides=[dashed("^max ")])
-    b.timeseries("Pool waiters", "Callers waiting for a connection of each pool (loopwatch_pool_waiting). Waiting while the pool is at its maximum means requests queue for the pool (LoopwatchPoolStarved): raise its maximum within the connection budget, or hold connections for less time.",
-                 "short", [target(f'loopwatch_pool_waiting{{{APP}}}', WHO)], 12, 12, minv=0,
-                 steps=[("green", None), ("red", 1)])
+    b.timeseries("Pool waiters", "Callers waiting for a connection of each pool: the most each process saw since its previous report, summed (loopwatch_pool_waiting_max, solid), and the queue at each process's last report (loopwatch_pool_waiting, dashed). The dashed line may flap between 0 and N while callers queue and time out between scrapes; the solid one keeps those queues. loopwatch's own pools have only the dashed line.",
+                 "short", [target(f'loopwatch_pool_waiting_max{{{APP}}}', "most waiting " + WHO, "A"),
+                           target(f'loopwatch_pool_waiting{{{APP}}}', "waiting " + WHO, "B")], 8, 8, minv=0,
+                 overrides=[dashed("^waiting ")])
+    b.timeseries("Time with callers queueing", "The share of the last 10 minutes in which callers of each pool queued for a connection: avg_over_time((loopwatch_pool_waiting_max > bool 0)[10m:]), loopwatch_pool_waiting for loopwatch's own pools. A burst the pool absorbs is a few percent; a pool too small for its load reads near 100%. Over 50% (the line) for 2 minutes, while the app reports, fires LoopwatchPoolStarved.",
+                 "percentunit", [target(QUEUEING, WHO)], 16, 8, minv=0, maxv=1,
+                 steps=[("green", None), ("orange", 0.5)])
     b.down(8)
     b.timeseries("Connection budget", "The maxima of the selected pools, stacked (loopwatch_pool_max), against the connections applications may open on each selected PostgreSQL target (max_connections - reserved, dashed red). A stack above the line is an overcommit: under enough load the pools together ask for more connections than the server accepts, and the last ones fail. It assumes every pool shown connects to this server directly: narrow the App variable to those that do (pools behind PgBouncer count against PgBouncer's pool size instead). Each pool's maximum is summed over the app's live processes that report to the selected loopwatch instances: replicas on other hosts count once their instances are selected too.",
                  "short", [target(f'loopwatch_pool_max{{{APP}}}', WHO, "A"),
                            target(USABLE, "usable " + TGT, "B")], 0, 16, stack=True, minv=0,
                  overrides=[dashed("^usable ", "red")])
-    b.table("Pools now", "Each client-side pool as last reported, summed over the app's live processes (loopwatch_pool_size: connections open, loopwatch_pool_max, loopwatch_pool_in_use, loopwatch_pool_waiting).",
+    b.table("Pools now", "Each client-side pool as last reported, summed over the app's live processes (loopwatch_pool_size: connections open, loopwatch_pool_max, loopwatch_pool_in_use, loopwatch_pool_waiting, and loopwatch_pool_waiting_max: the most callers waiting since each process's previous report).",
             "short", [target(f'loopwatch_pool_size{{{APP}}}', "", "A", instant=True, fmt="table"),
                       target(f'loopwatch_pool_max{{{APP}}}', "", "B", instant=True, fmt="table"),
                       target(f'loopwatch_pool_in_use{{{APP}}}', "", "C", instant=True, fmt="table"),
-                      target(f'loopwatch_pool_waiting{{{APP}}}', "", "D", instant=True, fmt="table")],
+                      target(f'loopwatch_pool_waiting{{{APP}}}', "", "D", instant=True, fmt="table"),
+                      target(f'loopwatch_pool_waiting_max{{{APP}}}', "", "E", instant=True, fmt="table")],
             16, 8, 8,
             [{"id": "merge", "options": {}},
              {"id": "organize", "options": {"excludeByName": {"Time": True, "job": True, "__name__": True},
-                                            "indexByName": {"instance": 0, "app_name": 1, "pool": 2, "Value #A": 3, "Value #B": 4, "Value #C": 5, "Value #D": 6},
-                                            "renameByName": {"Value #A": "Open", "Value #B": "Max", "Value #C": "In use", "Value #D": "Waiting"}}}],
+                                            "indexByName": {"instance": 0, "app_name": 1, "pool": 2, "Value #A": 3, "Value #B": 4, "Value #C": 5, "Value #D": 6, "Value #E": 7},
+                                            "renameByName": {"Value #A": "Open", "Value #B": "Max", "Value #C": "In use", "Value #D": "Waiting", "Value #E": "Most waiting"}}}],
             overrides=[{"matcher": {"id": "byName", "options": "Waiting"},
+                        "properties": [{"id": "thresholds", "value": thresholds([("green", None), ("red", 1)])},
+                                       {"id": "custom.cellOptions", "value": {"type": "color-text"}}]},
+                       {"matcher": {"id": "byName", "options": "Most waiting"},
                         "properties": [{"id": "thresholds", "value": thresholds([("green", None), ("red", 1)])},
                                        {"id": "custom.cellOptions", "value": {"type": "color-text"}}]}])
     b.down(8)
 
     return dashboard(
         "loopwatch / Database", "loopwatch-database",
-        "PostgreSQL connections against max_connections and who holds them, idle transactions, locks and slow queries; PgBouncer queues; apps' connection pools and their budget against the server.",
+        "PostgreSQL connections against max_connections and who holds them, idle transactions, locks and slow queries; PgBouncer queues; apps' connection pools (acquire timeouts, waits, queues) and their budget against the server.",
         b.panels,
         [DATASOURCE_VAR, JOB_VAR, INSTANCE_VAR,
          qvar("target", "PostgreSQL", 'label_values(loopwatch_pg_up{job=~"$job", instance=~"$instance"}, target)', True, True,

@@ -16,10 +16,10 @@ use tokio::sync::{Semaphore, watch};
 use crate::collector::{Driver, Shared, build_collectors};
 use crate::config::{self, ValidConfig};
 use crate::ingest::Ingest;
-use crate::loops::Loops;
 use crate::metrics::register_build_info;
 use crate::self_process::SelfProcess;
 use crate::server::{self, AppState};
+use crate::watchdog::Watchdog;
 
 /// How long connections get to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -131,15 +131,16 @@ impl Exporter {
                 .register(Box::new(SelfProcess::new()))
                 .expect("registered once");
         }
-        let loops = Arc::new(Loops::register(&registry));
+        let watchdog = Arc::new(Watchdog::register(&registry));
         let ingest = Arc::new(Ingest::register(
             &registry,
-            loops.clone(),
+            watchdog.clone(),
             config.get().ingest.clone(),
         ));
         let shared = Shared {
-            loops,
+            watchdog,
             ingest,
+            udp: Arc::default(),
             proc_scanner: Arc::default(),
         };
         let reload_metrics = ReloadMetrics::register(&registry);

@@ -296,7 +296,7 @@ families! {
 pub const POOL_GAUGES: [Family; 4] = [POOL_SIZE, POOL_MAX, POOL_IN_USE, POOL_WAITING];
 
 /// `loopwatch_ingest_messages_total{transport}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,
     Http,
@@ -333,7 +333,7 @@ impl ThrottleKind {
 }
 
 /// `loopwatch_ingest_rejected_total{reason}`: why a message was rejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rejection {
     Oversize,
     NotJson,

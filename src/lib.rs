@@ -9,7 +9,7 @@ pub mod config;
 pub mod families;
 pub mod ingest;
 pub mod logging;
-pub mod loops;
 pub mod metrics;
 pub mod self_process;
 pub mod server;
+pub mod watchdog;

@@ -250,8 +250,15 @@ pub fn encode_with(registry: &Registry, snapshots: &Snapshots) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The value of the one sample printed exactly as `series`; panics when absent.
+    pub(crate) fn sample(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+    }
 
     #[test]
     fn snapshots_merge_same_named_families() {

@@ -19,7 +19,8 @@ use tokio::sync::Semaphore;
 use tower_http::compression::CompressionLayer;
 
 use crate::collector::Driver;
-use crate::ingest::{Ingest, Transport};
+use crate::families::Transport;
+use crate::ingest::Ingest;
 use crate::metrics::{TEXT_CONTENT_TYPE, build, encode_with};
 
 /// What the handlers read.
@@ -87,7 +88,7 @@ async fn events(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
 }
 
 async fn loops(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(serde_json::json!({"loops": state.ingest.loops()})).into_response()
+    axum::Json(serde_json::json!({"loops": state.ingest.loop_views()})).into_response()
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {

@@ -11,6 +11,7 @@ pub mod postgres;
 pub mod processes;
 pub mod ratelimits;
 pub mod runtime;
+pub mod udp_ingest;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,8 +20,8 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::ingest::Ingest;
-use crate::loops::Loops;
 use crate::metrics::Families;
+use crate::watchdog::Watchdog;
 
 pub use driver::Driver;
 
@@ -129,8 +130,10 @@ pub struct Built {
 /// What collectors share across reloads.
 #[derive(Clone)]
 pub struct Shared {
-    pub loops: Arc<Loops>,
+    pub watchdog: Arc<Watchdog>,
     pub ingest: Arc<Ingest>,
+    /// The UDP receiver, kept across reloads.
+    pub udp: Arc<udp_ingest::UdpSlot>,
     pub proc_scanner: Arc<processes::ProcScanner>,
 }
 
@@ -138,7 +141,14 @@ pub struct Shared {
 pub fn build_collectors(config: &Config, shared: &Shared) -> Vec<Built> {
     let mut built = Vec::new();
     built.extend(runtime::build(&config.runtime, shared));
-    built.push(crate::ingest::udp::build(&config.ingest, &shared.ingest));
+    built.push(udp_ingest::build(
+        &config.ingest,
+        &shared.ingest,
+        &shared.udp,
+    ));
+    shared
+        .ingest
+        .set_polled_ratelimits(ratelimits::polled_budgets(&config.ratelimits));
     built.extend(processes::build(&config.processes, shared));
     built.extend(postgres::build(&config.postgres));
     built.extend(pgbouncer::build(&config.pgbouncer));

@@ -132,15 +132,15 @@ impl PostgresTarget {
     fn pool_families(&self, b: &mut FamilyBuilder) {
         let Ok(pool) = &self.pool else { return };
         let s = pool.status();
-        let labels = [("app_name", "loopwatch"), ("pool", self.name.as_str())];
+        let labels = [crate::families::RESERVED_APP, self.name.as_str()];
         let values = [
             s.size,
             s.max_size,
             s.size.saturating_sub(s.available),
             s.waiting,
         ];
-        for ((name, help), value) in crate::ingest::POOL_FIELDS.iter().zip(values) {
-            b.gauge_named(name, help, &labels, value as f64);
+        for (family, value) in crate::families::POOL_GAUGES.iter().zip(values) {
+            b.gauge(family, &labels, value as f64);
         }
     }
 

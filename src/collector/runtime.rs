@@ -10,12 +10,11 @@ use tokio::time::Instant;
 use super::{BoxFuture, Built, CollectError, Job, Shared, Streaming};
 use crate::config::RuntimeConfig;
 
-pub const APP_NAME: &str = "loopwatch";
-pub const LOOP_NAME: &str = "tokio";
+use crate::families::{RESERVED_APP as APP_NAME, RUNTIME_LOOP as LOOP_NAME};
 
 pub fn build(config: &RuntimeConfig, shared: &Shared) -> Option<Built> {
     if !config.enabled {
-        shared.loops.remove(APP_NAME, LOOP_NAME);
+        shared.watchdog.remove(APP_NAME, LOOP_NAME);
         return None;
     }
     Some(Built {
@@ -24,7 +23,7 @@ pub fn build(config: &RuntimeConfig, shared: &Shared) -> Option<Built> {
         job: Job::Streaming(Box::new(RuntimeTicker {
             interval: config.tick_interval,
             threshold: config.stall_threshold,
-            loops: shared.loops.clone(),
+            watchdog: shared.watchdog.clone(),
         })),
     })
 }
@@ -32,22 +31,30 @@ pub fn build(config: &RuntimeConfig, shared: &Shared) -> Option<Built> {
 struct RuntimeTicker {
     interval: Duration,
     threshold: Duration,
-    loops: std::sync::Arc<crate::loops::Loops>,
+    watchdog: std::sync::Arc<crate::watchdog::Watchdog>,
 }
 
 impl Streaming for RuntimeTicker {
     fn run(&mut self) -> BoxFuture<'_, Result<(), CollectError>> {
         Box::pin(async move {
-            let handle =
-                self.loops
-                    .attach(APP_NAME, LOOP_NAME, self.interval, self.threshold, None);
+            let handle = self.watchdog.attach(
+                APP_NAME,
+                LOOP_NAME,
+                std::process::id(),
+                None,
+                crate::watchdog::Schedule {
+                    interval: self.interval,
+                    threshold: self.threshold,
+                    silence_timeout: None,
+                },
+            );
             let runtime = Handle::current();
             let mut due = Instant::now() + self.interval;
             loop {
                 tokio::time::sleep_until(due).await;
                 let now = Instant::now();
                 handle.tick(now.saturating_duration_since(due));
-                handle.set_tasks_pending(runtime.metrics().num_alive_tasks() as i64);
+                handle.set_tasks_pending(runtime.metrics().num_alive_tasks() as u64);
                 due = now + self.interval;
             }
         })

@@ -92,6 +92,11 @@ pub struct IngestConfig {
     pub max_pools: usize,
     /// `{api, resource, token}` triples reported by apps at most; more fold into `other`.
     pub max_ratelimits: usize,
+    /// Processes per loop at most (an app's workers, live or recently
+    /// dead); messages from more are rejected.
+    pub max_processes_per_loop: usize,
+    /// Worker ids per loop at most, for per-worker series; more fold into `other`.
+    pub max_workers_per_loop: usize,
     /// Stalls kept per loop for `GET /api/v1/loops`.
     pub recent_stalls: usize,
 }
@@ -109,6 +114,8 @@ impl Default for IngestConfig {
             max_sites: 50,
             max_pools: 16,
             max_ratelimits: 100,
+            max_processes_per_loop: 256,
+            max_workers_per_loop: 64,
             recent_stalls: 10,
         }
     }
@@ -640,6 +647,12 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         ("max_sites", ingest.max_sites, 10_000),
         ("max_pools", ingest.max_pools, 1_000),
         ("max_ratelimits", ingest.max_ratelimits, 10_000),
+        (
+            "max_processes_per_loop",
+            ingest.max_processes_per_loop,
+            10_000,
+        ),
+        ("max_workers_per_loop", ingest.max_workers_per_loop, 1_000),
         ("recent_stalls", ingest.recent_stalls, 1_000),
     ] {
         if value == 0 || value > max {

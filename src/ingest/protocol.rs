@@ -11,47 +11,15 @@ pub const MAX_MESSAGE_BYTES: usize = 8192;
 /// Label values taken from messages are cut to this many characters.
 pub const MAX_LABEL_CHARS: usize = 128;
 
-/// Why a message was rejected: the `reason` label of `loopwatch_ingest_rejected_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    Oversize,
-    NotJson,
-    UnknownVersion,
-    UnknownType,
-    Invalid,
-    TooManyApps,
-    TooManyLoops,
-}
-
-impl Rejection {
-    pub const ALL: [Rejection; 7] = [
-        Rejection::Oversize,
-        Rejection::NotJson,
-        Rejection::UnknownVersion,
-        Rejection::UnknownType,
-        Rejection::Invalid,
-        Rejection::TooManyApps,
-        Rejection::TooManyLoops,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::Oversize => "oversize",
-            Rejection::NotJson => "not_json",
-            Rejection::UnknownVersion => "unknown_version",
-            Rejection::UnknownType => "unknown_type",
-            Rejection::Invalid => "invalid",
-            Rejection::TooManyApps => "too_many_apps",
-            Rejection::TooManyLoops => "too_many_loops",
-        }
-    }
-}
+pub use crate::families::{Rejection, ThrottleKind};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
     pub app: String,
     pub loop_name: String,
     pub pid: u32,
+    /// A stable worker id the client knows (`worker`), for per-worker series.
+    pub worker: Option<String>,
     pub body: Body,
 }
 
@@ -130,6 +98,17 @@ pub struct Pool {
     pub max: u64,
     pub in_use: u64,
     pub waiting: u64,
+    /// The most callers waiting since the previous report; at least `waiting`.
+    #[serde(default)]
+    pub waiting_max: Option<u64>,
+    /// Cumulative since the process started: acquires that succeeded, that
+    /// timed out or failed, and seconds spent waiting in acquire.
+    #[serde(default)]
+    pub acquires: Option<u64>,
+    #[serde(default)]
+    pub acquire_timeouts: Option<u64>,
+    #[serde(default)]
+    pub wait_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -149,22 +128,6 @@ pub struct RateLimit {
     /// The API refused a request for its rate limit.
     #[serde(default)]
     pub throttled: Option<ThrottleKind>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ThrottleKind {
-    Primary,
-    Secondary,
-}
-
-impl ThrottleKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ThrottleKind::Primary => "primary",
-            ThrottleKind::Secondary => "secondary",
-        }
-    }
 }
 
 impl RateLimit {
@@ -238,6 +201,15 @@ pub fn parse(raw: &[u8]) -> Result<Message, Rejection> {
         .and_then(Value::as_u64)
         .filter(|p| *p > 0 && *p <= u64::from(u32::MAX))
         .ok_or(Rejection::Invalid)? as u32;
+    let worker = match map.get("worker") {
+        None | Some(Value::Null) => None,
+        Some(w) => Some(
+            w.as_str()
+                .filter(|s| valid_name(s))
+                .ok_or(Rejection::Invalid)?
+                .to_owned(),
+        ),
+    };
     let object = Value::Object(map);
     fn decode<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, Rejection> {
         serde_json::from_value(v).map_err(|_| Rejection::Invalid)
@@ -262,7 +234,7 @@ pub fn parse(raw: &[u8]) -> Result<Message, Rejection> {
         }
         "pool" => {
             let pool: Pool = decode(object)?;
-            if !valid_name(&pool.pool) {
+            if !valid_name(&pool.pool) || pool.wait_seconds.is_some_and(|w| !finite(w, 0.0, 1e15)) {
                 return Err(Rejection::Invalid);
             }
             Body::Pool(pool)
@@ -294,6 +266,7 @@ pub fn parse(raw: &[u8]) -> Result<Message, Rejection> {
         app,
         loop_name,
         pid,
+        worker,
         body,
     })
 }
@@ -319,6 +292,21 @@ mod tests {
         assert!(matches!(parse(stall).expect("stall").body, Body::Stall(_)));
         let pool = br#"{"v":1,"type":"pool","app":"a","loop":"l","pid":1,"pool":"db","size":1,"max":2,"in_use":1,"waiting":0}"#;
         assert!(matches!(parse(pool).expect("pool").body, Body::Pool(_)));
+        let pool = br#"{"v":1,"type":"pool","app":"a","loop":"l","pid":1,"worker":"3","pool":"db","size":1,"max":2,"in_use":1,"waiting":0,"waiting_max":4,"acquires":10,"acquire_timeouts":2,"wait_seconds":1.5}"#;
+        let m = parse(pool).expect("pool with counters");
+        assert_eq!(m.worker.as_deref(), Some("3"));
+        let Body::Pool(p) = m.body else {
+            panic!("not a pool")
+        };
+        assert_eq!(
+            (
+                p.waiting_max,
+                p.acquires,
+                p.acquire_timeouts,
+                p.wait_seconds
+            ),
+            (Some(4), Some(10), Some(2), Some(1.5))
+        );
         let rl = br#"{"v":1,"type":"ratelimit","app":"a","loop":"l","pid":1,"api":"github","resource":"core","limit":5000,"remaining":1,"reset":1795440000}"#;
         assert!(matches!(
             parse(rl).expect("ratelimit").body,
@@ -353,7 +341,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_with_a_reason() {
-        let cases: [(&[u8], Rejection); 10] = [
+        let cases: [(&[u8], Rejection); 13] = [
+            (br#"{"v":1,"type":"bye","app":"a","loop":"l","pid":1,"worker":"a b"}"#, Rejection::Invalid),
+            (br#"{"v":1,"type":"bye","app":"a","loop":"l","pid":1,"worker":3}"#, Rejection::Invalid),
+            (br#"{"v":1,"type":"pool","app":"a","loop":"l","pid":1,"pool":"db","size":1,"max":2,"in_use":1,"waiting":0,"wait_seconds":-1}"#, Rejection::Invalid),
             (b"not json", Rejection::NotJson),
             (b"[1,2]", Rejection::NotJson),
             (br#"{"v":2,"type":"bye","app":"a","loop":"l","pid":1}"#, Rejection::UnknownVersion),

@@ -77,6 +77,24 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<Certificate>, String> {
     Ok(certs)
 }
 
+/// The `{api, token}` label pairs these targets poll, which apps may not
+/// report too (the same series twice would be an invalid exposition).
+pub fn polled_budgets(
+    targets: &[RateLimitTargetConfig],
+) -> std::collections::HashSet<(String, String)> {
+    targets
+        .iter()
+        .flat_map(|t| {
+            let tokens: Vec<String> = if t.tokens.is_empty() {
+                vec![ANONYMOUS.to_owned()]
+            } else {
+                t.tokens.iter().map(|tc| tc.name.clone()).collect()
+            };
+            tokens.into_iter().map(|token| (t.name.clone(), token))
+        })
+        .collect()
+}
+
 pub fn build(targets: &[RateLimitTargetConfig]) -> Vec<Built> {
     let mut built = Vec::new();
     for t in targets {

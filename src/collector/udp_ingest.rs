@@ -1,17 +1,24 @@
-//! The `ingest` streaming collector: receives UDP datagrams and expires
-//! silent loops. `POST /api/v1/events` feeds the same [`Ingest`] from the
-//! HTTP server.
+//! The `ingest` streaming collector: receives apps' UDP datagrams into
+//! [`Ingest`] and sweeps it (restarts, expiry) every second. `POST
+//! /api/v1/events` feeds the same [`Ingest`] from the HTTP server.
+//!
+//! The socket and its receiving thread outlive the collector's task: a reload
+//! that keeps the address keeps them, so no heartbeat is lost and no loop
+//! shows a stall because of a reload; a new address is bound before the old
+//! socket closes.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Ingest, Transport};
 use crate::collector::{BoxFuture, Built, CollectError, Job, Reason, Streaming};
 use crate::config::IngestConfig;
+use crate::families::Transport;
+use crate::ingest::Ingest;
 
-/// How often silent loops are checked for expiry.
-const EXPIRE_EVERY: Duration = Duration::from_secs(10);
+/// How often processes are checked for silence (restarts) and expiry.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Pause between batches of datagrams: one wake-up per batch instead of one
 /// per heartbeat. A heartbeat is handled at most this much later, well within
 /// the stall threshold.
@@ -24,7 +31,61 @@ const RECV_BUFFER: usize = 65_536;
 /// default of about 200 KiB drops them. Capped by net.core.rmem_max.
 const RECV_SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
-pub fn build(config: &IngestConfig, ingest: &Arc<Ingest>) -> Built {
+/// The receiver that is running, shared by the successive `ingest`
+/// collectors of reloads.
+#[derive(Default)]
+pub struct UdpSlot(Mutex<Option<Arc<Receiver>>>);
+
+impl UdpSlot {
+    /// The running receiver on `addr`, or a new one bound to it (which
+    /// replaces, and so stops, one on another address).
+    fn get_or_bind(
+        &self,
+        addr: SocketAddr,
+        ingest: &Arc<Ingest>,
+    ) -> std::io::Result<Arc<Receiver>> {
+        let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = current
+            .as_ref()
+            .filter(|r| r.addr == addr && !r.thread.is_finished())
+        {
+            return Ok(r.clone());
+        }
+        let socket = bind(addr)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (ingest, stop) = (ingest.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("loopwatch-udp".to_owned())
+                .spawn(move || receive(socket, ingest, stop))?
+        };
+        tracing::info!(address = %addr, "Receiving app reports over UDP");
+        let receiver = Arc::new(Receiver { addr, stop, thread });
+        *current = Some(receiver.clone());
+        Ok(receiver)
+    }
+
+    /// Stops receiving (UDP ingest turned off).
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// A bound socket and the thread receiving on it; the thread stops when the
+/// last handle is dropped.
+struct Receiver {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+pub fn build(config: &IngestConfig, ingest: &Arc<Ingest>, slot: &Arc<UdpSlot>) -> Built {
     ingest.set_config(config.clone());
     let address = config.udp_listen_address.clone();
     Built {
@@ -37,6 +98,7 @@ pub fn build(config: &IngestConfig, ingest: &Arc<Ingest>) -> Built {
         job: Job::Streaming(Box::new(UdpIngest {
             address,
             ingest: ingest.clone(),
+            slot: slot.clone(),
         })),
     }
 }
@@ -58,15 +120,7 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 struct UdpIngest {
     address: String,
     ingest: Arc<Ingest>,
-}
-
-/// Stops the receiving thread when the collector's task ends or is aborted.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
+    slot: Arc<UdpSlot>,
 }
 
 /// Receives on a plain blocking socket in its own thread: an async socket
@@ -102,43 +156,28 @@ fn receive(socket: std::net::UdpSocket, ingest: Arc<Ingest>, stop: Arc<AtomicBoo
 impl Streaming for UdpIngest {
     fn run(&mut self) -> BoxFuture<'_, Result<(), CollectError>> {
         Box::pin(async move {
-            let stop = Arc::new(AtomicBool::new(false));
-            let _stop_on_drop = StopOnDrop(stop.clone());
-            let mut receiver = if self.address.is_empty() {
+            let receiver = if self.address.is_empty() {
+                self.slot.clear();
                 None
             } else {
                 let addr = crate::server::parse_listen_address(&self.address)
                     .map_err(|e| CollectError::new(Reason::Other, e))?;
-                let socket = bind(addr).map_err(|e| {
+                let receiver = self.slot.get_or_bind(addr, &self.ingest).map_err(|e| {
                     CollectError::new(Reason::Io, format!("cannot bind UDP {addr}: {e}"))
                 })?;
-                tracing::info!(address = %addr, "Receiving app reports over UDP");
-                let ingest = self.ingest.clone();
-                let stop = stop.clone();
-                Some(tokio::task::spawn_blocking(move || {
-                    receive(socket, ingest, stop)
-                }))
+                Some(receiver)
             };
-            let mut expiry = tokio::time::interval(EXPIRE_EVERY);
+            let mut sweep = tokio::time::interval(SWEEP_EVERY);
             loop {
-                tokio::select! {
-                    ended = async {
-                        match &mut receiver {
-                            Some(r) => r.await,
-                            None => std::future::pending().await,
-                        }
-                    } => {
-                        return Err(CollectError::new(
-                            Reason::Other,
-                            format!("the UDP receiver stopped: {ended:?}"),
-                        ));
+                sweep.tick().await;
+                if let Some(r) = &receiver {
+                    if r.thread.is_finished() {
+                        return Err(CollectError::new(Reason::Other, "the UDP receiver stopped"));
                     }
-                    _ = expiry.tick() => {
-                        let removed = self.ingest.expire();
-                        if removed > 0 {
-                            tracing::info!(loops = removed, "Expired silent loops");
-                        }
-                    }
+                }
+                let removed = self.ingest.sweep();
+                if removed > 0 {
+                    tracing::info!(loops = removed, "Expired silent loops");
                 }
             }
         })

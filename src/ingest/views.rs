@@ -1,0 +1,73 @@
+//! What `GET /api/v1/loops` and the landing page show of apps' loops: one
+//! view per loop, with each of its processes.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+/// One stall as `/api/v1/loops` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StallRecord {
+    /// The app's id for the stall; 0 when only loopwatch's watchdog saw it.
+    pub stall_id: u64,
+    /// Unix time the stall started.
+    pub started: f64,
+    pub blocked_seconds: f64,
+    pub site: String,
+    pub stack: Vec<String>,
+    pub ended: bool,
+}
+
+/// Keeps the latest `cap` records.
+pub(super) fn push_recent(recent: &mut VecDeque<StallRecord>, record: StallRecord, cap: usize) {
+    recent.push_back(record);
+    while recent.len() > cap {
+        recent.pop_front();
+    }
+}
+
+/// One process reporting a loop.
+#[derive(Debug, Serialize)]
+pub struct ProcessView {
+    pub pid: u32,
+    pub worker: Option<String>,
+    pub state: &'static str,
+    pub stall_seconds: f64,
+    pub silent_seconds: f64,
+    pub current_stall: Option<StallRecord>,
+    /// Newest first.
+    pub recent_stalls: Vec<StallRecord>,
+}
+
+/// A loop as `GET /api/v1/loops` shows it: the state and stall of its worst
+/// process, and every process on its own.
+#[derive(Debug, Serialize)]
+pub struct LoopView {
+    pub app_name: String,
+    #[serde(rename = "loop")]
+    pub loop_name: String,
+    /// The worst process's pid (the blocked one, when one is).
+    pub pid: u32,
+    pub state: &'static str,
+    pub stall_seconds: f64,
+    /// Time since the last sign of life from any process.
+    pub silent_seconds: f64,
+    pub client_version: Option<String>,
+    pub runtime: Option<String>,
+    pub language_version: Option<String>,
+    /// The worst process's current stall.
+    pub current_stall: Option<StallRecord>,
+    /// Every process's recent stalls, newest first.
+    pub recent_stalls: Vec<StallRecord>,
+    pub processes: Vec<ProcessView>,
+}
+
+/// A blocking site and how often it stalled a loop.
+#[derive(Debug, Serialize)]
+pub struct SiteCount {
+    pub app_name: String,
+    #[serde(rename = "loop")]
+    pub loop_name: String,
+    pub site: String,
+    pub stalls: u64,
+}
