@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On a fresh machine it first installs what the
 # tests need and is missing: Debian's `prometheus` package (for promtool) and
-# the Python client's test packages (pytest, mypy, uvloop).
+# the Python client's test packages and the real servers and drivers the tests
+# run apps on (pytest, mypy, uvloop, uvicorn, asyncpg, psycopg, psycopg_pool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,9 +17,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-if ! python3 -c 'import pytest, mypy, uvloop' >/dev/null 2>&1; then
-  echo "Installing pytest, mypy and uvloop (the Python client's test packages)"
-  python3 -m pip install -q pytest mypy uvloop
+if ! python3 -c 'import pytest, mypy, uvloop, uvicorn, asyncpg, psycopg, psycopg_pool' >/dev/null 2>&1; then
+  echo "Installing the Python test packages (pytest, mypy, uvloop, uvicorn, asyncpg, psycopg, psycopg_pool)"
+  python3 -m pip install -q pytest mypy uvloop uvicorn asyncpg 'psycopg[binary]' psycopg_pool
 fi
 
 # The Python client: typed, and tested on asyncio and uvloop.

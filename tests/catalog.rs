@@ -99,9 +99,9 @@ ratelimits:
     .expect("config");
     let lw = Exporter::start(&["--config.file", config.to_str().expect("utf8")]);
     // One message of each type, so the app-reported families exist.
-    let batch = br#"{"v":1,"type":"heartbeat","app":"catalog","loop":"main","pid":1,"interval_s":0.25,"stall_threshold_s":0.5,"lag_s":0.001,"tasks_pending":1,"tasks_created":1,"slow_callbacks":0,"failures":[{"task":"t","exception":"ValueError","count":1}],"cancellations":[{"task":"t","count":1}],"info":{"client_version":"0.1.0","runtime":"asyncio","language_version":"3.11.7"}}
+    let batch = br#"{"v":1,"type":"heartbeat","app":"catalog","loop":"main","pid":1,"worker":"0","interval_s":0.25,"stall_threshold_s":0.5,"lag_s":0.001,"tasks_pending":1,"tasks_created":1,"slow_callbacks":0,"failures":[{"task":"t","exception":"ValueError","count":1}],"cancellations":[{"task":"t","count":1}],"info":{"client_version":"0.1.0","runtime":"asyncio","language_version":"3.11.7"}}
 {"v":1,"type":"stall","app":"catalog","loop":"main","pid":1,"stall_id":1,"blocked_s":0.7,"site":"app.py:1 f","stack":["app.py:1 f"]}
-{"v":1,"type":"pool","app":"catalog","loop":"main","pid":1,"pool":"db","size":1,"max":2,"in_use":1,"waiting":0}
+{"v":1,"type":"pool","app":"catalog","loop":"main","pid":1,"pool":"db","size":1,"max":2,"in_use":1,"waiting":0,"waiting_max":1,"acquires":3,"acquire_timeouts":0,"wait_seconds":0.01}
 {"v":1,"type":"ratelimit","app":"catalog","loop":"main","pid":1,"api":"github","resource":"core","limit":5000,"remaining":4999,"reset":1795440000}
 "#;
     let r = post(lw.port, "/api/v1/events", batch);

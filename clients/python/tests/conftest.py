@@ -27,7 +27,7 @@ Predicate = Callable[[Message], bool]
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("LOOPWATCH_DISABLED", "LOOPWATCH_TARGET", "LOOPWATCH_APP"):
+    for name in ("LOOPWATCH_DISABLED", "LOOPWATCH_TARGET", "LOOPWATCH_APP", "LOOPWATCH_WORKER"):
         monkeypatch.delenv(name, raising=False)
 
 

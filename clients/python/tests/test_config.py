@@ -211,6 +211,8 @@ def test_start_outside_a_running_loop() -> None:
 def test_public_api() -> None:
     assert loopwatch.__version__ == "0.1.0"
     assert set(loopwatch.__all__) == {
+        "PoolStats",
+        "PoolTracker",
         "RateLimit",
         "Reporter",
         "__version__",

@@ -14,10 +14,13 @@ costs the app nothing. See docs/protocol.md for the wire format.
 from __future__ import annotations
 
 from ._headers import RateLimit, ratelimit_from_headers, throttle_kind
+from ._pool import PoolStats, PoolTracker
 from ._reporter import Reporter, start, watch
 from ._version import __version__
 
 __all__ = [
+    "PoolStats",
+    "PoolTracker",
     "RateLimit",
     "Reporter",
     "__version__",

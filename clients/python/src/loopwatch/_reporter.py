@@ -12,17 +12,21 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Any, AsyncContextManager, Dict, List, Mapping, Optional, Set, Tuple, Type, TypeVar, Union
 
 from ._headers import RateLimit, ratelimit_from_headers, resource_from_headers, throttle_kind
+from ._pool import PoolTracker, SizeSpec
 from ._transport import DEFAULT_TARGET, NullTransport, Transport, make_transport
 from ._watchdog import Watchdog
-from ._wire import Envelope, dumps, encode, label, sanitize_name
+from ._wire import Envelope, dumps, encode, label, sanitize_name, valid_name
 from ._version import __version__
 
 __all__ = ["Reporter", "start", "watch", "task_name", "SLOW_CALLBACK_S"]
 
 log = logging.getLogger("loopwatch")
+
+T = TypeVar("T")
+_max = max  # Reporter.pool() and track_pool() take a "max" argument
 
 #: A heartbeat this late counts one slow callback (see README: approximation).
 SLOW_CALLBACK_S = 0.1
@@ -34,6 +38,10 @@ _TRUE = ("1", "true", "yes", "on")
 _COUNTED_ATTR = "_loopwatch_counted"
 # Room kept for each failure / cancellation count in the heartbeat budget.
 _COUNT_RESERVE = 10**11
+
+#: Pools one reporter tracks by name; further names are folded into ``other``.
+MAX_TRACKED_POOLS = 32
+WORKER_ENV = "LOOPWATCH_WORKER"
 
 # Reporters running now, by (id(loop), loop name): start() twice returns the same.
 _active: Dict[Tuple[int, str], "Reporter"] = {}
@@ -76,6 +84,35 @@ def _default_app() -> str:
     return base
 
 
+# Invalid worker values already warned about (each is logged once).
+_worker_warned: Set[str] = set()
+
+
+def _worker_id(worker: Union[str, int, None]) -> Optional[str]:
+    """The ``worker`` field: the argument, else ``$LOOPWATCH_WORKER``; None
+    when neither is set or the value is invalid (logged once, never raised)."""
+    source = "worker"
+    value: object = worker
+    if worker is None:
+        env = os.environ.get(WORKER_ENV, "").strip()
+        if not env:
+            return None
+        source, value = WORKER_ENV, env
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)
+    if isinstance(value, str) and valid_name(value):
+        return value
+    shown = repr(value)[:80]
+    if len(_worker_warned) < 64 and shown not in _worker_warned:
+        _worker_warned.add(shown)
+        log.warning(
+            "loopwatch: ignoring %s=%s: a worker id is 1-64 characters of A-Z a-z 0-9 _ . : -",
+            source,
+            shown,
+        )
+    return None
+
+
 def _count(value: Any) -> int:
     """A non-negative integer (the protocol's counts are unsigned)."""
     return max(0, int(value))
@@ -111,17 +148,20 @@ class Reporter:
         interval: float,
         stall_threshold: float,
         transport: Optional[Transport] = None,
+        worker: Optional[str] = None,
     ) -> None:
         self.app = app
         self.loop_name = loop_name
         self.target = target
         self.interval = interval
         self.stall_threshold = stall_threshold
+        #: The ``worker`` every message carries, or None.
+        self.worker = worker
         self._transport: Transport = transport if transport is not None else NullTransport()
         self._enabled = transport is not None
         self._stopped = not self._enabled
         self._hooked = False
-        self._env = Envelope(app, loop_name, os.getpid())
+        self._env = Envelope(app, loop_name, os.getpid(), worker)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_thread_id = 0
         self._key: Optional[Tuple[int, str]] = None
@@ -148,6 +188,12 @@ class Reporter:
         self._hb_prefix = ""
         self._info = ""
         self._info_sent = False
+        # Tracked pools: the dict by name for lookups, the tuple (replaced
+        # whole on change) for the heartbeat to iterate from any thread.
+        self._pools: Dict[str, PoolTracker] = {}
+        self._pool_list: Tuple[PoolTracker, ...] = ()
+        self._pools_lock = threading.Lock()
+        self._pools_folded = False
 
     # -- public ------------------------------------------------------------
 
@@ -164,7 +210,8 @@ class Reporter:
         state = "disabled" if not self._enabled else ("stopped" if self._stopped else "running")
         return (
             f"<loopwatch.Reporter app={self.app!r} loop={self.loop_name!r} "
-            f"target={self.target!r} {state}>"
+            + (f"worker={self.worker!r} " if self.worker is not None else "")
+            + f"target={self.target!r} {state}>"
         )
 
     def stop(self) -> None:
@@ -179,6 +226,8 @@ class Reporter:
             if self._watchdog is not None:
                 self._watchdog.stop()
             self._cancel_heartbeat()
+            # The counters since the last heartbeat, before the bye.
+            self._report_pools()
             self._send(self._env.message("bye", {}))
         except Exception:
             log.debug("loopwatch: stop failed", exc_info=True)
@@ -193,21 +242,101 @@ class Reporter:
         while not self._transport.closed_soon() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
-    def pool(self, name: str, *, size: int, max: int, in_use: int, waiting: int) -> None:
-        """Report a client-side connection pool's state (a ``pool`` message)."""
+    def pool(
+        self,
+        name: str,
+        *,
+        size: int,
+        max: int,
+        in_use: int,
+        waiting: int,
+        waiting_max: Optional[int] = None,
+        acquires: Optional[int] = None,
+        acquire_timeouts: Optional[int] = None,
+        wait_seconds: Optional[float] = None,
+    ) -> None:
+        """Report a client-side connection pool's state (a ``pool`` message).
+
+        The optional fields are cumulative since the process started
+        (``acquires``, ``acquire_timeouts``, ``wait_seconds``) or the most
+        callers seen waiting since this pool's previous report
+        (``waiting_max``, at least ``waiting``). :meth:`track_pool` counts
+        all of them for you; do not report a tracked pool's name here too."""
         if self._stopped:
             return
         try:
-            fields = {
+            fields: Dict[str, Any] = {
                 "pool": sanitize_name(name, "default"),
                 "size": _count(size),
                 "max": _count(max),
                 "in_use": _count(in_use),
                 "waiting": _count(waiting),
             }
+            if waiting_max is not None:
+                fields["waiting_max"] = _max(_count(waiting_max), fields["waiting"])
+            if acquires is not None:
+                fields["acquires"] = _count(acquires)
+            if acquire_timeouts is not None:
+                fields["acquire_timeouts"] = _count(acquire_timeouts)
+            if wait_seconds is not None:
+                fields["wait_seconds"] = round(_max(0.0, float(wait_seconds)), 6)
             self._send(self._env.message("pool", fields))
         except Exception:
             log.debug("loopwatch: bad pool report", exc_info=True)
+
+    def track_pool(self, name: str, *, max: SizeSpec = None, size: SizeSpec = None) -> PoolTracker:
+        """The tracker of the pool ``name``, made on first use: wrap each
+        acquire in ``tracker.acquire(...)`` and the pool's pressure (in use,
+        waiting, the most waiting, acquires, failed acquires, time waited) is
+        reported with every heartbeat and when it changes (within 0.1 s; a
+        burst of changes costs one report per 0.1 s).
+
+        ``max`` and ``size`` are numbers or functions called at each report
+        (asyncpg: ``max=pool.get_max_size, size=pool.get_size``); given
+        again for a tracked pool, they replace the previous ones. Without
+        ``size`` the connections in use are reported as open; without
+        ``max``, the most connections seen open or in use (a lower bound).
+
+        A reporter tracks at most 32 pools; more names share the tracker
+        ``other`` (logged once). Never raises."""
+        key = sanitize_name(name, "default")
+        with self._pools_lock:
+            tracker = self._pools.get(key)
+            if tracker is None:
+                if len(self._pools) >= MAX_TRACKED_POOLS:
+                    if not self._pools_folded:
+                        self._pools_folded = True
+                        log.warning(
+                            "loopwatch: more than %d pools tracked; %r and further ones are reported as 'other'",
+                            MAX_TRACKED_POOLS,
+                            key,
+                        )
+                    key = "other"
+                    tracker = self._pools.get(key)
+                    max = size = None  # the folded pools' limits do not add up
+                if tracker is None:
+                    tracker = PoolTracker(key)
+                    tracker._emit = self._pool_changed
+                    tracker._emit_later = self._pool_later
+                    self._pools[key] = tracker
+                    self._pool_list = tuple(self._pools.values())
+        tracker.set_limits(size=size, max=max)
+        return tracker
+
+    def pool_acquire(
+        self,
+        name: str,
+        acquire: AsyncContextManager[T],
+        *,
+        max: SizeSpec = None,
+        size: SizeSpec = None,
+    ) -> AsyncContextManager[T]:
+        """``async with reporter.pool_acquire("db", pool.acquire()) as conn:``
+        -- the same as ``reporter.track_pool(name, max=max,
+        size=size).acquire(acquire)``. The wait in ``acquire`` is counted; an
+        exception it raises propagates unchanged (and counts as a failed
+        acquire)."""
+        return self.track_pool(name, max=max, size=size).acquire(acquire)
 
     def ratelimit(
         self,
@@ -256,6 +385,33 @@ class Reporter:
             self._send_ratelimit(fields, token, kind)
         except Exception:
             log.debug("loopwatch: bad throttled report", exc_info=True)
+
+    def _pool_changed(self, tracker: PoolTracker) -> None:
+        if not self._stopped:
+            self._send_pool(tracker)
+
+    def _pool_later(self, tracker: PoolTracker, delay: float) -> bool:
+        """Report ``tracker`` after ``delay`` s (a change within the gap after
+        its previous report); only from the loop's own thread."""
+        loop = self._loop
+        if self._stopped or loop is None or threading.get_ident() != self._loop_thread_id or loop.is_closed():
+            return False
+        loop.call_later(delay, self._pool_flush, tracker)
+        return True
+
+    def _pool_flush(self, tracker: PoolTracker) -> None:
+        tracker._flush_pending = False
+        self._pool_changed(tracker)
+
+    def _send_pool(self, tracker: PoolTracker) -> None:
+        try:
+            self._send(self._env.message("pool", tracker._report_fields()))
+        except Exception:
+            log.debug("loopwatch: pool report failed", exc_info=True)
+
+    def _report_pools(self) -> None:
+        for tracker in self._pool_list:
+            self._send_pool(tracker)
 
     def _send_ratelimit(self, fields: Dict[str, Any], token: Optional[str], throttled: Optional[str]) -> None:
         if token is not None:
@@ -570,6 +726,8 @@ class Reporter:
                 # info goes with the first heartbeat that left (a host name
                 # may still be resolving at the first tick), then every 40th
                 self._info_sent = True
+            if self._pool_list:
+                self._report_pools()
         except Exception:
             log.debug("loopwatch: heartbeat failed", exc_info=True)
 
@@ -629,6 +787,7 @@ def start(
     target: Optional[str] = None,
     interval: float = 0.25,
     stall_threshold: float = 0.5,
+    worker: Union[str, int, None] = None,
 ) -> Reporter:
     """Start reporting the running event loop (asyncio or uvloop) to loopwatch.
 
@@ -637,6 +796,11 @@ def start(
     ``udp://127.0.0.1:10071`` (``http://host:port`` posts NDJSON batches to
     ``/api/v1/events`` from a background thread instead). With
     ``LOOPWATCH_DISABLED=1`` it returns a reporter that does nothing.
+
+    ``worker`` (a stable worker index such as ``0`` or ``"1"``, 1-64
+    characters of ``A-Z a-z 0-9 _ . : -``) defaults to ``LOOPWATCH_WORKER``;
+    every message then carries it and loopwatch exports per-worker series.
+    An invalid value is logged once and ignored.
 
     Raises ``RuntimeError`` outside a running loop and ``ValueError`` for an
     ``interval`` outside 0.01-60 s or a ``stall_threshold`` outside 0.01-600 s;
@@ -647,6 +811,7 @@ def start(
     app_name = sanitize_name(app if app else _default_app(), "python")
     loop_label = sanitize_name(loop_name, "main")
     chosen = target or os.environ.get("LOOPWATCH_TARGET", "").strip() or DEFAULT_TARGET
+    worker_id = _worker_id(worker)
     if _disabled_by_env():
         return Reporter(
             app=app_name,
@@ -654,6 +819,7 @@ def start(
             target=chosen,
             interval=interval,
             stall_threshold=stall_threshold,
+            worker=worker_id,
         )
     loop = asyncio.get_running_loop()
     key = (id(loop), loop_label)
@@ -673,6 +839,7 @@ def start(
         interval=interval,
         stall_threshold=stall_threshold,
         transport=make_transport(chosen),
+        worker=worker_id,
     )
     reporter._key = key
     with _active_lock:
@@ -698,12 +865,14 @@ class watch:
         target: Optional[str] = None,
         interval: float = 0.25,
         stall_threshold: float = 0.5,
+        worker: Union[str, int, None] = None,
     ) -> None:
         self._args: Dict[str, Any] = {
             "loop_name": loop_name,
             "target": target,
             "interval": interval,
             "stall_threshold": stall_threshold,
+            "worker": worker,
         }
         self._app = app
         self._reporter: Optional[Reporter] = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -14,6 +14,7 @@ __all__ = [
     "encode",
     "clip_end",
     "sanitize_name",
+    "valid_name",
     "Envelope",
 ]
 
@@ -57,6 +58,11 @@ def sanitize_name(name: object, fallback: str) -> str:
     return text or fallback
 
 
+def valid_name(text: str) -> bool:
+    """True for 1-64 of ``A-Z a-z 0-9 _ . : -`` (a valid ``worker``)."""
+    return 0 < len(text) <= NAME_MAX_CHARS and _NAME_BAD.search(text) is None
+
+
 def label(text: object) -> str:
     return str(text)[:LABEL_MAX_CHARS]
 
@@ -68,14 +74,18 @@ def _num(x: float) -> str:
 class Envelope:
     """The common fields of one reporter's messages, pre-encoded."""
 
-    def __init__(self, app: str, loop: str, pid: int) -> None:
+    def __init__(self, app: str, loop: str, pid: int, worker: Optional[str] = None) -> None:
         self.app = app
         self.loop = loop
         self.pid = pid
+        self.worker = worker
         self._common = '"app":%s,"loop":%s,"pid":%d' % (dumps(app), dumps(loop), pid)
+        if worker is not None:
+            self._common += ',"worker":%s' % dumps(worker)
 
     def prefix(self, kind: str) -> str:
-        """``{"v":1,"type":KIND,"app":…,"loop":…,"pid":…`` (no closing brace)."""
+        """``{"v":1,"type":KIND,"app":…,"loop":…,"pid":…`` (and ``"worker":…``
+        when set; no closing brace)."""
         return '{"v":%d,"type":"%s",%s' % (PROTOCOL_VERSION, kind, self._common)
 
     def message(self, kind: str, fields: Dict[str, Any]) -> bytes:
