@@ -7,7 +7,8 @@
 
 use prometheus::core::{Collector, Desc};
 use prometheus::{
-    CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// The label value that stands for everything beyond a cap.
@@ -77,6 +78,19 @@ impl Family {
         register(
             registry,
             IntGaugeVec::new(self.opts(), self.labels).expect("valid family"),
+        )
+    }
+
+    /// A family without labels.
+    pub fn int_gauge(&self, registry: &Registry) -> IntGauge {
+        debug_assert!(
+            self.kind == Kind::Gauge && self.labels.is_empty(),
+            "{}",
+            self.name
+        );
+        register(
+            registry,
+            IntGauge::with_opts(self.opts()).expect("valid family"),
         )
     }
 
@@ -183,6 +197,10 @@ families! {
         "Messages received from apps, accepted or not, by transport.";
     INGEST_REJECTED = Counter "loopwatch_ingest_rejected_total" ["reason"]
         "Messages from apps rejected, by reason.";
+    INGEST_SERIES = Gauge "loopwatch_ingest_series" []
+        "Series that apps' reports hold in /metrics now, counted against ingest.max_series.";
+    INGEST_SERIES_LIMIT = Gauge "loopwatch_ingest_series_limit" []
+        "The series apps' reports may hold in /metrics at most (ingest.max_series); beyond it new label values fold into \"other\" and new loops are rejected.";
     INGEST_FOLDED = Counter "loopwatch_ingest_folded_total" ["kind"]
         "Events whose label value exceeded a cap and was folded into \"other\", by kind of label.";
 

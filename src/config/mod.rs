@@ -97,6 +97,13 @@ pub struct IngestConfig {
     pub max_processes_per_loop: usize,
     /// Worker ids per loop at most, for per-worker series; more fold into `other`.
     pub max_workers_per_loop: usize,
+    /// Series that one loop's labels (task failures, cancellations, sites,
+    /// workers) may add at most; more fold into `other`.
+    pub max_series_per_loop: usize,
+    /// Series that one app may add at most (its loops and pools).
+    pub max_series_per_app: usize,
+    /// Series that all apps' reports may add to `/metrics` at most.
+    pub max_series: usize,
     /// Stalls kept per loop for `GET /api/v1/loops`.
     pub recent_stalls: usize,
 }
@@ -116,6 +123,9 @@ impl Default for IngestConfig {
             max_ratelimits: 100,
             max_processes_per_loop: 256,
             max_workers_per_loop: 64,
+            max_series_per_loop: 500,
+            max_series_per_app: 5_000,
+            max_series: 50_000,
             recent_stalls: 10,
         }
     }
@@ -653,6 +663,9 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
             10_000,
         ),
         ("max_workers_per_loop", ingest.max_workers_per_loop, 1_000),
+        ("max_series_per_loop", ingest.max_series_per_loop, 100_000),
+        ("max_series_per_app", ingest.max_series_per_app, 1_000_000),
+        ("max_series", ingest.max_series, 10_000_000),
         ("recent_stalls", ingest.recent_stalls, 1_000),
     ] {
         if value == 0 || value > max {

@@ -7,8 +7,9 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::budget::{Budget, LOOP_SERIES, Taken};
 use super::pools::Pools;
 use super::protocol::{Heartbeat, Rejection, Stall, label_value};
 use super::views::{LoopView, ProcessView, SiteCount, StallRecord, push_recent};
@@ -84,12 +85,37 @@ struct Loop {
     failure_series: HashSet<(String, String)>,
     cancellation_series: HashSet<String>,
     info: Option<[String; 3]>,
+    /// Series this loop's labels took from the budget.
+    taken: Taken,
 }
 
-#[derive(Default)]
 pub(super) struct App {
     loops: HashMap<String, Loop>,
     pub(super) pools: Pools,
+    /// Series this app took from the budget.
+    pub(super) taken: Taken,
+    /// Once it sent a heartbeat it keeps its slot until it expires; an app
+    /// that never did gives the slot back after the silence timeout.
+    pub(super) live_once: bool,
+    pub(super) last_message: Instant,
+}
+
+impl Default for App {
+    fn default() -> Self {
+        Self {
+            loops: HashMap::new(),
+            pools: Pools::default(),
+            taken: Taken::default(),
+            live_once: false,
+            last_message: Instant::now(),
+        }
+    }
+}
+
+/// What a message may spend: the caps and the series budget.
+pub(super) struct Limits<'a> {
+    pub config: &'a IngestConfig,
+    pub budget: &'a mut Budget,
 }
 
 /// The labels of a loop's series.
@@ -140,8 +166,9 @@ impl App {
         watchdog: &Watchdog,
         from: &Sender<'_>,
         message: LoopMessage<'_>,
-        config: &IngestConfig,
+        limits: Limits<'_>,
     ) -> Result<(), Rejection> {
+        let Limits { config, budget } = limits;
         if let LoopMessage::Bye = message {
             // A bye from a process we do not know changes nothing.
             let process = self
@@ -156,7 +183,9 @@ impl App {
                 .drop_reports(series, from.app, |pid, _| pid == from.pid);
             return Ok(());
         }
-        if !self.loops.contains_key(from.loop_name) && self.loops.len() >= config.max_loops_per_app
+        if !self.loops.contains_key(from.loop_name)
+            && (self.loops.len() >= config.max_loops_per_app
+                || !budget.take_for_app(&mut self.taken, LOOP_SERIES))
         {
             return Err(Rejection::TooManyLoops);
         }
@@ -164,7 +193,12 @@ impl App {
         if !lp.processes.contains_key(&from.pid) {
             lp.make_room(watchdog, from, config)?;
             let worker = from.worker.map(|w| {
-                let (w, folded) = fold(&mut lp.workers, w, config.max_workers_per_loop);
+                let (mut w, mut folded) = fold(&mut lp.workers, w, config.max_workers_per_loop);
+                // Two series per worker id.
+                if !folded && !budget.take_for_loop(&mut self.taken, &mut lp.taken, 2) {
+                    lp.workers.remove(&w);
+                    (w, folded) = (OTHER.to_owned(), true);
+                }
                 if folded {
                     series.folded(FoldKind::Worker, 1.0);
                 }
@@ -198,9 +232,17 @@ impl App {
             app: from.app,
             name: from.loop_name,
         };
+        let mut limits = LoopLimits {
+            config,
+            budget,
+            app: &mut self.taken,
+        };
         match message {
-            LoopMessage::Heartbeat(hb) => lp.heartbeat(series, &labels, from.pid, hb, config),
-            LoopMessage::Stall(stall) => lp.stall(series, &labels, from.pid, stall, config),
+            LoopMessage::Heartbeat(hb) => {
+                self.live_once = true;
+                lp.heartbeat(series, &labels, from.pid, hb, &mut limits)
+            }
+            LoopMessage::Stall(stall) => lp.stall(series, &labels, from.pid, stall, &mut limits),
             LoopMessage::Bye => {}
         }
         Ok(())
@@ -224,10 +266,12 @@ impl App {
         &mut self,
         series: &Series,
         watchdog: &Watchdog,
+        budget: &mut Budget,
         app: &str,
         expiry: Duration,
     ) -> usize {
         let before = self.loops.len();
+        let taken = &mut self.taken;
         self.loops.retain(|name, lp| {
             lp.processes.retain(|pid, p| {
                 let keep = p.clock.status().is_live() || p.clock.silent_for() <= expiry;
@@ -238,10 +282,19 @@ impl App {
             });
             if lp.processes.is_empty() {
                 lp.remove_series(series, watchdog, &Labels { app, name });
+                budget.release_loop(taken, &lp.taken);
             }
             !lp.processes.is_empty()
         });
         before - self.loops.len()
+    }
+
+    /// Removes every series of the app (its slot is given back).
+    pub(super) fn remove_series(&self, series: &Series, watchdog: &Watchdog, app: &str) {
+        for (name, lp) in &self.loops {
+            lp.remove_series(series, watchdog, &Labels { app, name });
+        }
+        self.pools.remove_series(series, app);
     }
 
     pub(super) fn views(&self, app: &str) -> Vec<LoopView> {
@@ -296,8 +349,9 @@ impl Loop {
         labels: &Labels<'_>,
         pid: u32,
         hb: &Heartbeat,
-        config: &IngestConfig,
+        limits: &mut LoopLimits<'_>,
     ) {
+        let config = limits.config;
         let Some(p) = self.processes.get_mut(&pid) else {
             return;
         };
@@ -321,18 +375,21 @@ impl Loop {
             let (task, task_folded) = fold(&mut self.tasks, &f.task, config.max_tasks);
             let (exception, exception_folded) =
                 fold(&mut self.exceptions, &f.exception, config.max_exceptions);
-            let kind = match (task_folded, exception_folded) {
+            let mut kind = match (task_folded, exception_folded) {
                 (true, _) => Some(FoldKind::Task),
                 (false, true) => Some(FoldKind::Exception),
                 (false, false) => None,
             };
-            failures
-                .entry((task, exception))
-                .or_default()
-                .add(f.count, kind);
+            let mut key = (task, exception);
+            if !self.failure_series.contains(&key) && !limits.take(&mut self.taken, 1) {
+                key = (OTHER.to_owned(), OTHER.to_owned());
+                kind = kind.or(Some(FoldKind::Task));
+            }
+            // Born here: a later heartbeat finds it without paying again.
+            self.failure_series.insert(key.clone());
+            failures.entry(key).or_default().add(f.count, kind);
         }
         add_new(&mut p.baselines.failures, failures, series, |key, delta| {
-            self.failure_series.insert(key.clone());
             series
                 .task_failures
                 .with_label_values(&[pair[0], pair[1], &key.0, &key.1])
@@ -340,7 +397,11 @@ impl Loop {
         });
         let mut cancellations: HashMap<String, Folded> = HashMap::new();
         for c in &hb.cancellations {
-            let (task, folded) = fold(&mut self.tasks, &c.task, config.max_tasks);
+            let (mut task, mut folded) = fold(&mut self.tasks, &c.task, config.max_tasks);
+            if !self.cancellation_series.contains(&task) && !limits.take(&mut self.taken, 1) {
+                (task, folded) = (OTHER.to_owned(), true);
+            }
+            self.cancellation_series.insert(task.clone());
             cancellations
                 .entry(task)
                 .or_default()
@@ -351,7 +412,6 @@ impl Loop {
             cancellations,
             series,
             |task, delta| {
-                self.cancellation_series.insert(task.clone());
                 series
                     .task_cancellations
                     .with_label_values(&[pair[0], pair[1], task])
@@ -414,8 +474,9 @@ impl Loop {
         labels: &Labels<'_>,
         pid: u32,
         stall: Stall,
-        config: &IngestConfig,
+        limits: &mut LoopLimits<'_>,
     ) {
+        let config = limits.config;
         let Some(p) = self.processes.get_mut(&pid) else {
             return;
         };
@@ -524,6 +585,21 @@ impl Loop {
             recent_stalls: recent,
             processes: processes.into_iter().map(|(v, _)| v).collect(),
         }
+    }
+}
+
+/// The caps and budget while a message of one loop is applied.
+struct LoopLimits<'a> {
+    config: &'a IngestConfig,
+    budget: &'a mut Budget,
+    /// The app's share.
+    app: &'a mut Taken,
+}
+
+impl LoopLimits<'_> {
+    /// Takes `n` series for the loop whose share is `lp`.
+    fn take(&mut self, lp: &mut Taken, n: usize) -> bool {
+        self.budget.take_for_loop(self.app, lp, n)
     }
 }
 

@@ -12,6 +12,7 @@
 //! loop's series add up over its processes and never decrease.
 
 mod apps;
+mod budget;
 mod pools;
 pub(crate) mod protocol;
 mod ratelimits;
@@ -21,12 +22,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use prometheus::{CounterVec, GaugeVec, IntCounterVec, Registry};
+use prometheus::{CounterVec, GaugeVec, IntCounterVec, IntGauge, Registry};
 
 use crate::config::IngestConfig;
 use crate::families::{self, FoldKind, OTHER, RESERVED_APP, Rejection, Transport};
 use crate::watchdog::Watchdog;
-use apps::{App, LoopMessage, Sender};
+use apps::{App, Limits, LoopMessage, Sender};
+use budget::Budget;
 use protocol::{Body, label_value};
 pub use views::{LoopView, ProcessView, SiteCount, StallRecord};
 
@@ -35,6 +37,8 @@ pub(crate) struct Series {
     messages: IntCounterVec,
     rejected: IntCounterVec,
     folded: IntCounterVec,
+    series_used: IntGauge,
+    series_limit: IntGauge,
     tasks_created: CounterVec,
     task_failures: CounterVec,
     task_cancellations: CounterVec,
@@ -69,6 +73,8 @@ impl Series {
             messages,
             rejected,
             folded,
+            series_used: families::INGEST_SERIES.int_gauge(registry),
+            series_limit: families::INGEST_SERIES_LIMIT.int_gauge(registry),
             tasks_created: families::TASKS_CREATED.counter_vec(registry),
             task_failures: families::TASK_FAILURES.counter_vec(registry),
             task_cancellations: families::TASK_CANCELLATIONS.counter_vec(registry),
@@ -130,6 +136,15 @@ struct State {
     config: IngestConfig,
     apps: HashMap<String, App>,
     ratelimits: ratelimits::RateLimits,
+    budget: Budget,
+}
+
+fn budget_of(config: &IngestConfig) -> Budget {
+    Budget::new(
+        config.max_series_per_loop,
+        config.max_series_per_app,
+        config.max_series,
+    )
 }
 
 /// How often a rejection reason is logged at most.
@@ -148,10 +163,13 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn register(registry: &Registry, watchdog: Arc<Watchdog>, config: IngestConfig) -> Self {
+        let series = Series::register(registry);
+        series.series_limit.set(config.max_series as i64);
         Self {
             watchdog,
-            series: Series::register(registry),
+            series,
             state: Mutex::new(State {
+                budget: budget_of(&config),
                 config,
                 apps: HashMap::new(),
                 ratelimits: ratelimits::RateLimits::default(),
@@ -166,7 +184,14 @@ impl Ingest {
 
     /// New caps and timeouts from a reloaded config; tracked apps stay.
     pub fn set_config(&self, config: IngestConfig) {
-        self.state().config = config;
+        let mut state = self.state();
+        state.budget.set_caps(
+            config.max_series_per_loop,
+            config.max_series_per_app,
+            config.max_series,
+        );
+        self.series.series_limit.set(config.max_series as i64);
+        state.config = config;
     }
 
     /// The `{api, token}` budgets loopwatch polls itself: apps may not report them.
@@ -236,6 +261,7 @@ impl Ingest {
             config,
             apps,
             ratelimits,
+            budget,
         } = &mut *guard;
         if let Body::RateLimit(rl) = &m.body {
             return ratelimits.report(&self.series, &m.app, rl, config);
@@ -249,6 +275,7 @@ impl Ingest {
             return Err(Rejection::TooManyApps);
         }
         let app = apps.entry(m.app.clone()).or_default();
+        app.last_message = Instant::now();
         let from = Sender {
             app: &m.app,
             loop_name: &m.loop_name,
@@ -257,7 +284,9 @@ impl Ingest {
         };
         let message = match m.body {
             Body::Pool(p) => {
-                app.pools.report(&self.series, &m.app, m.pid, &p, config);
+                let share = (&mut *budget, &mut app.taken);
+                app.pools
+                    .report(&self.series, &m.app, m.pid, &p, config, share);
                 return Ok(());
             }
             Body::Heartbeat(ref hb) => LoopMessage::Heartbeat(hb),
@@ -265,7 +294,13 @@ impl Ingest {
             Body::Bye => LoopMessage::Bye,
             Body::RateLimit(_) => return Ok(()),
         };
-        app.apply(&self.series, &self.watchdog, &from, message, config)
+        app.apply(
+            &self.series,
+            &self.watchdog,
+            &from,
+            message,
+            Limits { config, budget },
+        )
     }
 
     /// Counts processes that went silent as restarts and drops their pools;
@@ -278,6 +313,7 @@ impl Ingest {
             config,
             apps,
             ratelimits,
+            budget,
         } = &mut *guard;
         for (app_name, loop_name, pid) in gone {
             if let Some(app) = apps.get_mut(&app_name) {
@@ -287,18 +323,42 @@ impl Ingest {
             }
         }
         let mut removed = 0;
+        // An app that never sent a heartbeat holds its slot only while it talks.
+        apps.retain(|name, app| {
+            let keep = app.live_once || app.last_message.elapsed() <= config.silence_timeout;
+            if !keep {
+                app.remove_series(&self.series, &self.watchdog, name);
+                budget.release_app(&app.taken);
+            }
+            keep
+        });
         for (name, app) in apps.iter_mut() {
-            removed += app.expire(&self.series, &self.watchdog, name, config.loop_expiry);
+            removed += app.expire(
+                &self.series,
+                &self.watchdog,
+                budget,
+                name,
+                config.loop_expiry,
+            );
             // Reports of processes that send pools only: gone after the silence timeout.
             let live = app.live_pids();
             let silence = config.silence_timeout;
             app.pools.drop_reports(&self.series, name, |pid, seen| {
                 !live.contains(&pid) && seen.elapsed() > silence
             });
-            app.pools.expire(&self.series, name, config.loop_expiry);
+            let share = (&mut *budget, &mut app.taken);
+            app.pools
+                .expire(&self.series, name, config.loop_expiry, share);
         }
-        apps.retain(|_, app| !app.is_empty());
+        apps.retain(|_, app| {
+            if app.is_empty() {
+                budget.release_app(&app.taken);
+            }
+            !app.is_empty()
+        });
         ratelimits.expire(&self.series, config.loop_expiry);
+        self.series.series_used.set(budget.used() as i64);
+        self.series.series_limit.set(budget.total as i64);
         removed
     }
 
@@ -799,6 +859,117 @@ mod tests {
         assert_eq!(
             sample(&t, r#"loopwatch_ingest_folded_total{kind="worker"}"#),
             1.0
+        );
+    }
+
+    fn failure_series(t: &str) -> usize {
+        t.lines()
+            .filter(|l| l.starts_with("loopwatch_task_failures_total{"))
+            .count()
+    }
+
+    #[test]
+    fn r15_caps_that_multiply_are_held_by_the_series_budget() {
+        let config = IngestConfig {
+            max_series_per_loop: 60,
+            max_series_per_app: 150,
+            max_series: 300,
+            ..IngestConfig::default()
+        };
+        let (registry, ingest) = setup(config);
+        // Every app and loop reports 10 tasks × 8 exceptions, inside every label cap.
+        let failures: Vec<String> = (0..10)
+            .flat_map(|t| {
+                (0..8).map(move |x| format!(r#"{{"task":"t{t}","exception":"E{x}","count":1}}"#))
+            })
+            .collect();
+        let mut accepted = 0;
+        for app in 0..5 {
+            for lp in 0..4 {
+                let hb = String::from_utf8(heartbeat(1, 1, &failures.join(","), 0.0))
+                    .expect("utf8")
+                    .replace(r#""app":"api""#, &format!(r#""app":"a{app}""#))
+                    .replace(r#""loop":"main""#, &format!(r#""loop":"l{lp}""#));
+                if ingest.handle(hb.as_bytes(), Transport::Http).is_ok() {
+                    accepted += 1;
+                }
+            }
+        }
+        assert!(accepted > 0);
+        let t = text(&registry);
+        let loops = t
+            .lines()
+            .filter(|l| l.starts_with("loopwatch_loop_up{"))
+            .count();
+        // What the budget allows, plus one `other` series per loop.
+        assert!(
+            failure_series(&t) <= 300 + loops,
+            "{} series for {loops} loops",
+            failure_series(&t)
+        );
+        assert!(sample(&t, "loopwatch_ingest_series") <= 300.0, "{t}");
+        assert!(sample(&t, r#"loopwatch_ingest_folded_total{kind="task"}"#) > 0.0);
+        // Nothing is lost: every failure counts, in its own series or in other.
+        let total: f64 = t
+            .lines()
+            .filter(|l| l.starts_with("loopwatch_task_failures_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(total, 80.0 * loops as f64);
+    }
+
+    #[test]
+    fn r15_apps_that_never_heartbeat_give_their_slot_back() {
+        let config = IngestConfig {
+            max_apps: 2,
+            silence_timeout: Duration::from_millis(20),
+            ..IngestConfig::default()
+        };
+        let (registry, ingest) = setup(config);
+        for junk in ["junk1", "junk2"] {
+            let one = String::from_utf8(pool("main", 1, 1, 1))
+                .expect("utf8")
+                .replace(r#""app":"api""#, &format!(r#""app":"{junk}""#));
+            ingest.handle(one.as_bytes(), Transport::Udp).expect("ok");
+        }
+        assert_eq!(
+            ingest.handle(&heartbeat(10, 1, "", 0.0), Transport::Udp),
+            Err(Rejection::TooManyApps)
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        ingest.sweep();
+        assert!(!text(&registry).contains("junk"), "their series are gone");
+        ingest
+            .handle(&heartbeat(10, 1, "", 0.0), Transport::Udp)
+            .expect("a real app finds a slot");
+        std::thread::sleep(Duration::from_millis(30));
+        ingest.sweep();
+        assert_eq!(ingest.state().apps.len(), 1, "a live app keeps its slot");
+    }
+
+    #[test]
+    fn r15_counts_beyond_2_pow_53_are_rejected_and_sums_never_wrap() {
+        let (registry, ingest) = setup(IngestConfig {
+            max_tasks: 1,
+            ..IngestConfig::default()
+        });
+        let huge = protocol::MAX_COUNT;
+        let f = format!(
+            r#"{{"task":"a","exception":"E","count":{huge}}},{{"task":"b","exception":"E","count":{huge}}}"#
+        );
+        ingest
+            .handle(&heartbeat(10, 1, &f, 0.0), Transport::Udp)
+            .expect("at the limit");
+        let t = text(&registry);
+        let other = sample(
+            &t,
+            r#"loopwatch_task_failures_total{app_name="api",exception="E",loop="main",task="other"}"#,
+        );
+        assert_eq!(other, 2f64.powi(53), "{t}");
+        let f = format!(r#"{{"task":"a","exception":"E","count":{}}}"#, u64::MAX);
+        assert_eq!(
+            ingest.handle(&heartbeat(10, 1, &f, 0.0), Transport::Udp),
+            Err(Rejection::Invalid)
         );
     }
 }

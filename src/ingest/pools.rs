@@ -8,10 +8,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::Series;
+use super::budget::{Budget, POOL_SERIES, Taken};
 use super::fold;
 use super::protocol::Pool;
 use crate::config::IngestConfig;
 use crate::families::FoldKind;
+use crate::families::OTHER;
 
 /// Reports kept per pool label at most: a pool folded into `other` keeps one
 /// per process and original name, and a client must not grow it without end.
@@ -34,6 +36,8 @@ struct PoolEntry {
     /// By `(pid, pool name as sent)`.
     reports: HashMap<(u32, String), Report>,
     last_report: Option<Instant>,
+    /// Whether its series were taken from the budget (`other` is not).
+    budgeted: bool,
 }
 
 #[derive(Default)]
@@ -55,12 +59,22 @@ impl Pools {
         pid: u32,
         p: &Pool,
         config: &IngestConfig,
+        (budget, taken): (&mut Budget, &mut Taken),
     ) {
-        let (name, folded) = fold(&mut self.names, &p.pool, config.max_pools);
+        let (mut name, mut folded) = fold(&mut self.names, &p.pool, config.max_pools);
+        let mut budgeted = false;
+        if !folded && !self.pools.contains_key(&name) {
+            budgeted = budget.take_for_app(taken, POOL_SERIES);
+            if !budgeted {
+                self.names.remove(&name);
+                (name, folded) = (OTHER.to_owned(), true);
+            }
+        }
         if folded {
             series.folded(FoldKind::Pool, 1.0);
         }
         let entry = self.pools.entry(name.clone()).or_default();
+        entry.budgeted |= budgeted;
         let labels = [app, name.as_str()];
         if entry.last_report.is_none() {
             // From 0, so rate() sees the first timeout.
@@ -126,23 +140,45 @@ impl Pools {
     }
 
     /// Removes the series of pools nobody reported for `expiry`.
-    pub(super) fn expire(&mut self, series: &Series, app: &str, expiry: Duration) {
+    pub(super) fn expire(
+        &mut self,
+        series: &Series,
+        app: &str,
+        expiry: Duration,
+        (budget, taken): (&mut Budget, &mut Taken),
+    ) {
         self.pools.retain(|name, entry| {
             let keep = !entry.reports.is_empty()
                 || entry.last_report.is_some_and(|t| t.elapsed() <= expiry);
             if !keep {
-                let labels = [app, name.as_str()];
-                for gauge in series.pool_gauges() {
-                    let _ = gauge.remove_label_values(&labels);
-                }
-                for counter in series.pool_counters() {
-                    let _ = counter.remove_label_values(&labels);
+                remove_pool_series(series, app, name);
+                if entry.budgeted {
+                    budget.release_for_app(taken, POOL_SERIES);
                 }
             }
             keep
         });
         let pools = &self.pools;
         self.names.retain(|n| pools.contains_key(n));
+    }
+}
+
+/// Removes every pool's series (the app is gone).
+impl Pools {
+    pub(super) fn remove_series(&self, series: &Series, app: &str) {
+        for name in self.pools.keys() {
+            remove_pool_series(series, app, name);
+        }
+    }
+}
+
+fn remove_pool_series(series: &Series, app: &str, name: &str) {
+    let labels = [app, name];
+    for gauge in series.pool_gauges() {
+        let _ = gauge.remove_label_values(&labels);
+    }
+    for counter in series.pool_counters() {
+        let _ = counter.remove_label_values(&labels);
     }
 }
 

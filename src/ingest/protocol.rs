@@ -166,6 +166,21 @@ pub fn label_value(text: &str) -> String {
     }
 }
 
+/// The largest count accepted: every integer up to it is exact in the f64
+/// of a Prometheus sample, and sums of a few cannot wrap a u64.
+pub const MAX_COUNT: u64 = 1 << 53;
+
+/// False when any number in the message is an integer beyond [`MAX_COUNT`]
+/// or negative: such a count would wrap or lose precision, never count.
+fn counts_in_range(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.as_u64().map_or(n.is_f64(), |n| n <= MAX_COUNT),
+        Value::Array(items) => items.iter().all(counts_in_range),
+        Value::Object(map) => map.values().all(counts_in_range),
+        _ => true,
+    }
+}
+
 fn finite(x: f64, lo: f64, hi: f64) -> bool {
     x.is_finite() && x >= lo && x <= hi
 }
@@ -211,6 +226,9 @@ pub fn parse(raw: &[u8]) -> Result<Message, Rejection> {
         ),
     };
     let object = Value::Object(map);
+    if !counts_in_range(&object) {
+        return Err(Rejection::Invalid);
+    }
     fn decode<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, Rejection> {
         serde_json::from_value(v).map_err(|_| Rejection::Invalid)
     }
@@ -341,7 +359,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_with_a_reason() {
-        let cases: [(&[u8], Rejection); 13] = [
+        let cases: [(&[u8], Rejection); 15] = [
+            (br#"{"v":1,"type":"heartbeat","app":"a","loop":"l","pid":1,"interval_s":0.25,"stall_threshold_s":0.5,"lag_s":0,"tasks_pending":0,"tasks_created":18446744073709551615,"slow_callbacks":0,"failures":[],"cancellations":[]}"#, Rejection::Invalid),
+            (br#"{"v":1,"type":"heartbeat","app":"a","loop":"l","pid":1,"interval_s":0.25,"stall_threshold_s":0.5,"lag_s":0,"tasks_pending":0,"tasks_created":1,"slow_callbacks":0,"failures":[{"task":"t","exception":"E","count":-1}],"cancellations":[]}"#, Rejection::Invalid),
             (br#"{"v":1,"type":"bye","app":"a","loop":"l","pid":1,"worker":"a b"}"#, Rejection::Invalid),
             (br#"{"v":1,"type":"bye","app":"a","loop":"l","pid":1,"worker":3}"#, Rejection::Invalid),
             (br#"{"v":1,"type":"pool","app":"a","loop":"l","pid":1,"pool":"db","size":1,"max":2,"in_use":1,"waiting":0,"wait_seconds":-1}"#, Rejection::Invalid),
