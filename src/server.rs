@@ -87,8 +87,33 @@ async fn events(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     axum::Json(serde_json::json!({"accepted": accepted, "rejected": rejected})).into_response()
 }
 
-async fn loops(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(serde_json::json!({"loops": state.ingest.loop_views()})).into_response()
+/// `GET /api/v1/loops?offset=&limit=`: a page of loops, bounded in count
+/// and in bytes whatever apps sent.
+#[derive(serde::Deserialize)]
+struct LoopsQuery {
+    #[serde(default)]
+    offset: usize,
+    #[serde(default = "default_loops_limit")]
+    limit: usize,
+}
+
+fn default_loops_limit() -> usize {
+    100
+}
+
+/// Loops per page at most, and the JSON size a page stops growing at.
+const MAX_LOOPS_PER_PAGE: usize = 1000;
+const MAX_LOOPS_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+async fn loops(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(q): axum::extract::Query<LoopsQuery>,
+) -> Response {
+    let limit = q.limit.clamp(1, MAX_LOOPS_PER_PAGE);
+    let page = state
+        .ingest
+        .loop_page(q.offset, limit, MAX_LOOPS_PAGE_BYTES);
+    axum::Json(page).into_response()
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use super::budget::{Budget, LOOP_SERIES, Taken};
 use super::pools::Pools;
 use super::protocol::{Heartbeat, Rejection, Stall, label_value};
-use super::views::{LoopView, ProcessView, SiteCount, StallRecord, push_recent};
+use super::views::{
+    LoopView, MAX_PROCESSES_IN_VIEW, ProcessView, SiteCount, StallRecord, push_recent,
+};
 use super::{Series, fold};
 use crate::config::IngestConfig;
 use crate::families::{FoldKind, OTHER};
@@ -67,7 +69,6 @@ impl Process {
             stall_seconds: self.clock.stall().as_secs_f64(),
             silent_seconds: self.clock.silent_for().as_secs_f64(),
             current_stall: self.current.clone(),
-            recent_stalls: self.recent.iter().rev().cloned().collect(),
         }
     }
 }
@@ -455,6 +456,7 @@ impl Loop {
                         .with_label_values(&[pair[0], pair[1], UNKNOWN_SITE])
                         .inc();
                     StallRecord {
+                        pid,
                         stall_id: 0,
                         started: unix_now() - hb.lag_s,
                         blocked_seconds: hb.lag_s,
@@ -504,6 +506,7 @@ impl Loop {
             .inc();
         p.close_stall(config.recent_stalls);
         p.current = Some(StallRecord {
+            pid,
             stall_id: stall.stall_id,
             started: unix_now() - stall.blocked_s,
             blocked_seconds: stall.blocked_s,
@@ -546,27 +549,27 @@ impl Loop {
             .iter()
             .map(|(pid, p)| (p.view(*pid), p.clock.status()))
             .collect();
-        processes.sort_by_key(|(v, _)| v.pid);
-        // The blocked process first, then the longest stall, then the latest heard from.
-        let worst = processes
-            .iter()
-            .max_by(|(a, sa), (b, sb)| {
-                (*sa == LoopStatus::Stalled)
-                    .cmp(&(*sb == LoopStatus::Stalled))
-                    .then(a.stall_seconds.total_cmp(&b.stall_seconds))
-                    .then(b.silent_seconds.total_cmp(&a.silent_seconds))
-            })
-            .map(|(v, _)| v);
-        let mut recent: Vec<StallRecord> = processes
-            .iter()
-            .flat_map(|(v, _)| v.recent_stalls.iter().cloned())
+        // The blocked processes first, longest stall first, then the latest heard from.
+        processes.sort_by(|(a, sa), (b, sb)| {
+            (*sb == LoopStatus::Stalled)
+                .cmp(&(*sa == LoopStatus::Stalled))
+                .then(b.stall_seconds.total_cmp(&a.stall_seconds))
+                .then(a.silent_seconds.total_cmp(&b.silent_seconds))
+                .then(a.pid.cmp(&b.pid))
+        });
+        let mut recent: Vec<StallRecord> = self
+            .processes
+            .values()
+            .flat_map(|p| p.recent.iter().cloned())
             .collect();
         // Newest end first, across processes.
         recent.sort_by(|a, b| {
             (b.started + b.blocked_seconds).total_cmp(&(a.started + a.blocked_seconds))
         });
         recent.truncate(MAX_RECENT_IN_LOOP_VIEW);
+        let worst = processes.first().map(|(v, _)| v);
         let info = self.info.clone();
+        let processes_total = processes.len();
         LoopView {
             app_name: app.to_owned(),
             loop_name: name.to_owned(),
@@ -583,10 +586,18 @@ impl Loop {
             language_version: info.map(|[_, _, v]| v),
             current_stall: worst.and_then(|v| v.current_stall.clone()),
             recent_stalls: recent,
-            processes: processes.into_iter().map(|(v, _)| v).collect(),
+            processes: processes
+                .into_iter()
+                .take(MAX_PROCESSES_IN_VIEW)
+                .map(|(v, _)| v)
+                .collect(),
+            processes_total,
         }
     }
 }
+
+/// Recent stalls listed for a whole loop, across its processes.
+const MAX_RECENT_IN_LOOP_VIEW: usize = 20;
 
 /// The caps and budget while a message of one loop is applied.
 struct LoopLimits<'a> {
@@ -602,9 +613,6 @@ impl LoopLimits<'_> {
         self.budget.take_for_loop(self.app, lp, n)
     }
 }
-
-/// Recent stalls listed for a whole loop, across its processes.
-const MAX_RECENT_IN_LOOP_VIEW: usize = 20;
 
 /// A cumulative count summed over the raw labels folded into one, and
 /// whether (and by which cap) any of them was folded.

@@ -30,7 +30,7 @@ use crate::watchdog::Watchdog;
 use apps::{App, Limits, LoopMessage, Sender};
 use budget::Budget;
 use protocol::{Body, label_value};
-pub use views::{LoopView, ProcessView, SiteCount, StallRecord};
+pub use views::{LoopPage, LoopView, ProcessView, SiteCount, StallRecord};
 
 /// The families ingest fills.
 pub(crate) struct Series {
@@ -374,6 +374,30 @@ impl Ingest {
         views
     }
 
+    /// Loops `offset..offset + limit` in name order, cut short where their
+    /// JSON would pass `max_bytes` (but never empty while loops remain), so
+    /// no answer costs more than that whatever apps sent.
+    pub fn loop_page(&self, offset: usize, limit: usize, max_bytes: usize) -> LoopPage {
+        let views = self.loop_views();
+        let total = views.len();
+        let mut loops = Vec::new();
+        let mut bytes = 0;
+        for view in views.into_iter().skip(offset).take(limit) {
+            let size = serde_json::to_vec(&view).map_or(0, |v| v.len());
+            if !loops.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            loops.push(view);
+        }
+        let end = offset + loops.len();
+        LoopPage {
+            loops,
+            total,
+            next_offset: (end < total).then_some(end),
+        }
+    }
+
     /// The sites that stalled loops most often.
     pub fn top_sites(&self, n: usize) -> Vec<SiteCount> {
         let state = self.state();
@@ -485,6 +509,7 @@ mod tests {
         let views = ingest.loop_views();
         assert!(views[0].current_stall.is_none());
         assert_eq!(views[0].recent_stalls.len(), 2);
+        assert!(views[0].recent_stalls.iter().all(|s| s.pid == 10));
         let closed = views[0]
             .recent_stalls
             .iter()
@@ -777,11 +802,12 @@ mod tests {
         ingest
             .handle(&heartbeat(3, 1, "", 0.0), Transport::Udp)
             .expect("the stopped process gives way");
-        let pids: Vec<u32> = ingest.loop_views()[0]
+        let mut pids: Vec<u32> = ingest.loop_views()[0]
             .processes
             .iter()
             .map(|p| p.pid)
             .collect();
+        pids.sort_unstable();
         assert_eq!(pids, vec![2, 3]);
     }
 
@@ -971,5 +997,41 @@ mod tests {
             ingest.handle(&heartbeat(10, 1, &f, 0.0), Transport::Udp),
             Err(Rejection::Invalid)
         );
+    }
+
+    #[test]
+    fn r15_loop_pages_are_bounded_in_bytes_and_page_through_everything() {
+        let (_registry, ingest) = setup(IngestConfig {
+            max_loops_per_app: 64,
+            ..IngestConfig::default()
+        });
+        let frame = format!("/srv/{}/app.py:1 handler", "x".repeat(100));
+        let stack: Vec<String> = (0..60).map(|_| format!("{frame:?}")).collect();
+        for lp in 0..30 {
+            let hb = String::from_utf8(heartbeat(1, 1, "", 0.0))
+                .expect("utf8")
+                .replace(r#""loop":"main""#, &format!(r#""loop":"l{lp:02}""#));
+            ingest.handle(hb.as_bytes(), Transport::Http).expect("ok");
+            let stall = format!(
+                r#"{{"v":1,"type":"stall","app":"api","loop":"l{lp:02}","pid":1,"stall_id":1,"blocked_s":1,"site":"app.py:1 handler","stack":[{}]}}"#,
+                stack.join(",")
+            );
+            ingest
+                .handle(stall.as_bytes(), Transport::Http)
+                .expect("ok");
+        }
+        let mut seen = Vec::new();
+        let mut offset = Some(0);
+        while let Some(from) = offset {
+            let page = ingest.loop_page(from, 100, 20_000);
+            assert_eq!(page.total, 30);
+            let size = serde_json::to_vec(&page.loops).expect("json").len();
+            assert!(size <= 20_000 || page.loops.len() == 1, "{size} bytes");
+            assert!(!page.loops.is_empty());
+            seen.extend(page.loops.into_iter().map(|l| l.loop_name));
+            offset = page.next_offset;
+        }
+        let want: Vec<String> = (0..30).map(|lp| format!("l{lp:02}")).collect();
+        assert_eq!(seen, want);
     }
 }

@@ -8,6 +8,8 @@ use serde::Serialize;
 /// One stall as `/api/v1/loops` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StallRecord {
+    /// The process that stalled.
+    pub pid: u32,
     /// The app's id for the stall; 0 when only loopwatch's watchdog saw it.
     pub stall_id: u64,
     /// Unix time the stall started.
@@ -35,8 +37,6 @@ pub struct ProcessView {
     pub stall_seconds: f64,
     pub silent_seconds: f64,
     pub current_stall: Option<StallRecord>,
-    /// Newest first.
-    pub recent_stalls: Vec<StallRecord>,
 }
 
 /// A loop as `GET /api/v1/loops` shows it: the state and stall of its worst
@@ -59,7 +59,22 @@ pub struct LoopView {
     pub current_stall: Option<StallRecord>,
     /// Every process's recent stalls, newest first.
     pub recent_stalls: Vec<StallRecord>,
+    /// The worst processes first, at most [`MAX_PROCESSES_IN_VIEW`].
     pub processes: Vec<ProcessView>,
+    pub processes_total: usize,
+}
+
+/// Processes listed per loop at most: a loop may have hundreds.
+pub const MAX_PROCESSES_IN_VIEW: usize = 64;
+
+/// One page of `GET /api/v1/loops`.
+#[derive(Debug, Serialize)]
+pub struct LoopPage {
+    pub loops: Vec<LoopView>,
+    /// Loops in all.
+    pub total: usize,
+    /// Where the next page starts, when this one did not hold them all.
+    pub next_offset: Option<usize>,
 }
 
 /// A blocking site and how often it stalled a loop.
