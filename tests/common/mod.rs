@@ -5,10 +5,11 @@
 pub mod fake_api;
 pub mod pg;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_loopwatch");
@@ -23,6 +24,99 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
+/// The port of an `ingest.udp_listen_address` value (`127.0.0.1:9000`,
+/// `[::1]:9000`, `:9000`); `None` for `''` (UDP ingest off).
+fn udp_port_of(address: &str) -> Option<u16> {
+    let (_, port) = address.trim().rsplit_once(':')?;
+    Some(
+        port.parse()
+            .unwrap_or_else(|e| panic!("bad ingest.udp_listen_address {address:?}: {e}")),
+    )
+}
+
+/// `ingest.udp_listen_address` as a YAML config sets it: `Some(value)`, or
+/// `None` when the config leaves it at the shared default 127.0.0.1:10071.
+fn udp_address_in(yaml: &str) -> Option<String> {
+    let doc: serde_norway::Value = serde_norway::from_str(yaml)
+        .unwrap_or_else(|e| panic!("the test's config is not YAML ({e}):\n{yaml}"));
+    match doc.get("ingest")?.get("udp_listen_address")? {
+        serde_norway::Value::String(s) => Some(s.clone()),
+        serde_norway::Value::Null => Some(String::new()),
+        other => panic!("ingest.udp_listen_address is not a string: {other:?}"),
+    }
+}
+
+/// `yaml` (a loopwatch config) with `ingest.udp_listen_address` set to a free
+/// port on 127.0.0.1, unless it sets that key itself (to its own port, or `''`
+/// to turn UDP ingest off). Returns the config and the UDP port (`None`: off).
+/// Every other key is kept as written.
+pub fn with_free_udp(yaml: &str) -> (String, Option<u16>) {
+    if let Some(address) = udp_address_in(yaml) {
+        let port = udp_port_of(&address);
+        return (yaml.to_owned(), port);
+    }
+    set_free_udp(yaml)
+}
+
+/// `yaml` with `ingest.udp_listen_address` set to a free port on
+/// 127.0.0.1, whatever it set before.
+fn set_free_udp(yaml: &str) -> (String, Option<u16>) {
+    let mut doc: serde_norway::Value = serde_norway::from_str(yaml).expect("YAML (checked above)");
+    if doc.is_null() {
+        doc = serde_norway::Value::Mapping(Default::default());
+    }
+    let root = doc
+        .as_mapping_mut()
+        .unwrap_or_else(|| panic!("the test's config is not a YAML mapping:\n{yaml}"));
+    let ingest = root
+        .entry("ingest".into())
+        .or_insert_with(|| serde_norway::Value::Mapping(Default::default()));
+    if ingest.is_null() {
+        *ingest = serde_norway::Value::Mapping(Default::default());
+    }
+    let port = free_udp_port();
+    ingest
+        .as_mapping_mut()
+        .unwrap_or_else(|| panic!("`ingest` in the test's config is not a mapping:\n{yaml}"))
+        .insert(
+            "udp_listen_address".into(),
+            format!("127.0.0.1:{port}").into(),
+        );
+    let text = serde_norway::to_string(&doc).expect("serialize the config");
+    (text, Some(port))
+}
+
+/// Writes [`with_free_udp`]`(yaml)` to `dir/loopwatch.yml`; returns the path
+/// (for `--config.file`) and the UDP port.
+pub fn write_config_with_free_udp(dir: &Path, yaml: &str) -> (PathBuf, Option<u16>) {
+    let (text, port) = with_free_udp(yaml);
+    let path = dir.join("loopwatch.yml");
+    std::fs::write(&path, text).expect("write the config");
+    (path, port)
+}
+
+/// Whether some socket on this machine is bound to UDP `port` (from
+/// /proc/net/udp{,6}; reading never takes the port from anyone).
+fn udp_port_bound(port: u16) -> bool {
+    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|table| {
+        std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter_map(|local| local.rsplit_once(':'))
+            .any(|(_, hex)| u16::from_str_radix(hex, 16) == Ok(port))
+    })
 }
 
 pub struct Response {
@@ -136,25 +230,117 @@ pub fn get(port: u16, path: &str) -> Response {
 }
 
 /// The real binary, killed when dropped.
+///
+/// Every exporter gets its own HTTP port and its own UDP ingest port, so
+/// parallel tests never share 127.0.0.1:10071 (where all but one would fail
+/// to bind and lose their apps' reports without a word).
 pub struct Exporter {
     pub child: Child,
     pub port: u16,
+    /// Where apps send datagrams (`udp://127.0.0.1:{udp_port}`): a free port
+    /// picked for this exporter, or the one the caller's config sets; `None`
+    /// when the config turns UDP ingest off, or leaves it at the shared
+    /// default (see [`Exporter::start`]).
+    pub udp_port: Option<u16>,
+    /// The config file the exporter runs on (the caller's, or one written
+    /// for it); rewrite it and send `HUP` to reload.
+    pub config_path: PathBuf,
     pub stderr_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Exporter {
     /// Starts loopwatch on a free port with these extra arguments and waits
-    /// until `/-/ready` answers 200.
+    /// until `/-/ready` answers 200 and its UDP port is bound.
+    ///
+    /// Without `--config.file` in `args` it runs on the embedded default
+    /// config (`loopwatch print-default-config`) with
+    /// `ingest.udp_listen_address` moved to a free port. With
+    /// `--config.file`, that file must set `ingest.udp_listen_address`
+    /// (write it with [`write_config_with_free_udp`], or use
+    /// [`Exporter::start_with_config`]); one that does not is run as it is,
+    /// on the shared default port, and `udp_port` is `None`.
     pub fn start(args: &[&str]) -> Self {
-        let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
+        let given = args
+            .iter()
+            .position(|a| *a == "--config.file")
+            .map(|i| PathBuf::from(args.get(i + 1).expect("a path after --config.file")))
+            .or_else(|| {
+                args.iter()
+                    .find_map(|a| a.strip_prefix("--config.file="))
+                    .map(PathBuf::from)
+            });
+        let mut full_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (config_path, udp_port) = match given {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                // A file that is not YAML is the caller's business (the
+                // exporter will say what is wrong with it): no port known.
+                let parses = serde_norway::from_str::<serde_norway::Value>(&text).is_ok();
+                let udp_port = match parses.then(|| udp_address_in(&text)).flatten() {
+                    Some(address) => udp_port_of(&address),
+                    None if !parses => None,
+                    None => {
+                        eprintln!(
+                            "note: {} leaves ingest.udp_listen_address at the shared 127.0.0.1:10071; \
+                             write it with common::write_config_with_free_udp",
+                            path.display()
+                        );
+                        None
+                    }
+                };
+                (path, udp_port)
+            }
+            None => {
+                let default = run_bin(&["print-default-config"]);
+                assert!(
+                    default.status.success(),
+                    "print-default-config: {default:?}"
+                );
+                let (text, udp_port) = set_free_udp(&String::from_utf8_lossy(&default.stdout));
+                let path = dir.path().join("loopwatch.yml");
+                std::fs::write(&path, text).expect("write the config");
+                full_args.push("--config.file".into());
+                full_args.push(path.to_str().expect("utf8 path").into());
+                (path, udp_port)
+            }
+        };
+        Self::launch(full_args, dir, config_path, udp_port)
+    }
+
+    /// Starts loopwatch on `yaml` (a config), with a free UDP ingest port
+    /// merged in unless `yaml` sets `ingest.udp_listen_address` itself.
+    pub fn start_with_config(yaml: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, udp_port) = write_config_with_free_udp(dir.path(), yaml);
+        let mut full_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        full_args.push("--config.file".into());
+        full_args.push(path.to_str().expect("utf8 path").into());
+        Self::launch(full_args, dir, path, udp_port)
+    }
+
+    /// `udp://127.0.0.1:{udp_port}`, for an app's `LOOPWATCH_TARGET`.
+    pub fn udp_target(&self) -> String {
+        let port = self
+            .udp_port
+            .expect("this exporter has no UDP port of its own (see Exporter::start)");
+        format!("udp://127.0.0.1:{port}")
+    }
+
+    fn launch(
+        args: Vec<String>,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        udp_port: Option<u16>,
+    ) -> Self {
+        let port = free_port();
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let child = Command::new(BIN)
             .arg("--web.listen-address")
             .arg(format!("127.0.0.1:{port}"))
-            .args(args)
+            .args(&args)
             .env_remove("LOOPWATCH_CONFIG")
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -163,6 +349,8 @@ impl Exporter {
         let mut exporter = Exporter {
             child,
             port,
+            udp_port,
+            config_path,
             stderr_path,
             _dir: dir,
         };
@@ -177,13 +365,20 @@ impl Exporter {
                 panic!("loopwatch exited early with {status}: {}", self.stderr());
             }
             if let Ok(r) = get_with(self.port, "/-/ready", "") {
-                if r.status == 200 {
+                // UDP ingest starts beside the server: ready once it is bound
+                // too, so an app's first datagrams are not lost.
+                if r.status == 200 && self.udp_port.is_none_or(udp_port_bound) {
                     return;
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("loopwatch did not become ready: {}", self.stderr());
+        panic!(
+            "loopwatch did not become ready (HTTP port {}, UDP port {:?}): {}",
+            self.port,
+            self.udp_port,
+            self.stderr()
+        );
     }
 
     pub fn metrics(&self) -> String {
@@ -301,4 +496,217 @@ pub fn run_bin(args: &[&str]) -> Output {
         .env_remove("LOOPWATCH_CONFIG")
         .output()
         .expect("run loopwatch")
+}
+
+/// Fails (never skips) unless `python3` can import every one of `modules`.
+pub fn require_python_modules(modules: &[&str]) {
+    let code = modules
+        .iter()
+        .map(|m| format!("import {m}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let out = Command::new("python3")
+        .args(["-c", &code])
+        .output()
+        .unwrap_or_else(|e| panic!("python3 cannot run ({e}): run ./scripts/test.sh"));
+    assert!(
+        out.status.success(),
+        "python3 lacks {modules:?}: run ./scripts/test.sh, which installs the tests' Python packages\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A process a test started (a Python app, uvicorn): its stdout lines arrive
+/// on a channel, its stderr is collected and shown in every failure message
+/// about it. Killed (SIGKILL) when dropped, if still running.
+pub struct App {
+    pub child: Child,
+    pub name: String,
+    lines: mpsc::Receiver<(String, Instant)>,
+    peeked: Option<(String, Instant)>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl App {
+    /// `python3 <repo>/<script>` with the client from this checkout on
+    /// `PYTHONPATH` and `LOOPWATCH_DISABLED` unset; add env and args, then
+    /// [`App::spawn`] it.
+    pub fn python(script: &str) -> Command {
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo_path(script));
+        Self::python_env(&mut cmd);
+        cmd
+    }
+
+    /// The client from this checkout on `PYTHONPATH`, `LOOPWATCH_DISABLED`,
+    /// `LOOPWATCH_WORKER` and `LOOPWATCH_APP` unset, unbuffered output.
+    pub fn python_env(cmd: &mut Command) {
+        cmd.env("PYTHONPATH", repo_path("clients/python/src"))
+            .env("PYTHONUNBUFFERED", "1")
+            .env_remove("LOOPWATCH_DISABLED")
+            .env_remove("LOOPWATCH_WORKER")
+            .env_remove("LOOPWATCH_APP")
+            .env_remove("LOOPWATCH_TARGET");
+    }
+
+    /// Starts `cmd` with its stdout and stderr captured.
+    pub fn spawn(name: &str, mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name} ({cmd:?}): {e}"));
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let seen = stdout.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                seen.lock().expect("stdout lock").push(l.clone());
+                let _ = tx.send((l, Instant::now()));
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let collected = stderr.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(err);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                collected.lock().expect("stderr lock").push_str(&line);
+                line.clear();
+            }
+        });
+        App {
+            child,
+            name: name.to_owned(),
+            lines,
+            peeked: None,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    /// What the process wrote so far, for a failure message.
+    pub fn output(&self) -> String {
+        // Give the reader threads a moment to drain what a dying process wrote.
+        std::thread::sleep(Duration::from_millis(100));
+        format!(
+            "--- {} stdout:\n{}\n--- {} stderr:\n{}",
+            self.name,
+            self.stdout.lock().expect("stdout lock").join("\n"),
+            self.name,
+            self.stderr()
+        )
+    }
+
+    /// Waits for the next stdout line that `pred` accepts (lines before it
+    /// are skipped); returns it and when it arrived. Panics with the app's
+    /// output when it does not come within `within`.
+    pub fn wait_line_where(
+        &mut self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> (String, Instant) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let next = match self.peeked.take() {
+                Some(line) => Ok(line),
+                None => self.lines.recv_timeout(left),
+            };
+            match next {
+                Ok((l, at)) if pred(&l) => return (l, at),
+                Ok(_) => {}
+                Err(e) => {
+                    let status = self.child.try_wait().ok().flatten();
+                    panic!(
+                        "{} did not print {what} ({e}; exit status {status:?})\n{}",
+                        self.name,
+                        self.output()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits for the stdout line `want`; returns when it arrived.
+    pub fn wait_line(&mut self, want: &str, within: Duration) -> Instant {
+        self.wait_line_where(within, want, |l| l == want).1
+    }
+
+    /// Whether a stdout line arrived that was not read yet (it stays unread).
+    pub fn has_unread_line(&mut self) -> bool {
+        if self.peeked.is_none() {
+            self.peeked = self.lines.try_recv().ok();
+        }
+        self.peeked.is_some()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        signal_pid(self.pid(), sig);
+    }
+
+    /// Waits for the process to exit; panics with its output if it does not
+    /// within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not exit within {within:?}\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits for the process to exit and asserts it succeeded, showing its
+    /// output when not.
+    pub fn assert_success(&mut self, within: Duration) {
+        let status = self.wait_exit(within);
+        assert!(
+            status.success(),
+            "{} exited with {status}\n{}",
+            self.name,
+            self.output()
+        );
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `sig` (`TERM`, `KILL`, …) to one process the test started.
+pub fn signal_pid(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
 }
