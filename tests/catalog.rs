@@ -64,7 +64,7 @@ fn exported() -> (String, BTreeSet<String>) {
     std::fs::write(
         &config,
         format!(
-            "postgres:
+            "{}postgres:
   - name: db
     dsn: '{}'
     interval: 200ms
@@ -91,6 +91,7 @@ ratelimits:
     timeout: 200ms
     tokens: [{{name: ci, token: catalog-token}}]
 ",
+            with_free_udp("").0,
             cluster.dsn("postgres", ""),
             bouncer.admin_dsn(),
             api.base_url()
@@ -103,10 +104,19 @@ ratelimits:
 {"v":1,"type":"stall","app":"catalog","loop":"main","pid":1,"stall_id":1,"blocked_s":0.7,"site":"app.py:1 f","stack":["app.py:1 f"]}
 {"v":1,"type":"pool","app":"catalog","loop":"main","pid":1,"pool":"db","size":1,"max":2,"in_use":1,"waiting":0,"waiting_max":1,"acquires":3,"acquire_timeouts":0,"wait_seconds":0.01}
 {"v":1,"type":"ratelimit","app":"catalog","loop":"main","pid":1,"api":"github","resource":"core","limit":5000,"remaining":4999,"reset":1795440000}
+{"v":1,"type":"pool","app":"loopwatch","loop":"main","pid":1,"pool":"db","size":9,"max":9,"in_use":9,"waiting":9}
+{"v":1,"type":"ratelimit","app":"catalog","loop":"main","pid":1,"api":"github","resource":"core","token":"ci","limit":1,"remaining":0,"reset":1795440000}
 "#;
     let r = post(lw.port, "/api/v1/events", batch);
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.text().contains(r#""accepted":4"#), "{}", r.text());
+    // r11: loopwatch's own pool `db` and the polled budget `github/ci` are
+    // not the app's to report: the same series twice would be an invalid
+    // exposition (Exporter::metrics fails on any duplicate sample).
+    assert!(
+        r.text().contains(r#""accepted":4"#) && r.text().contains(r#""rejected":2"#),
+        "{}",
+        r.text()
+    );
     let text = lw.metrics();
     let families = text
         .lines()

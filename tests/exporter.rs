@@ -200,13 +200,15 @@ fn listens_on_every_address_given() {
 fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("loopwatch.yml");
-    std::fs::write(&path, "processes: []\n").expect("write");
+    // Every version of the file keeps this exporter's own UDP port.
+    let (ingest, _) = with_free_udp("");
+    std::fs::write(&path, format!("{ingest}processes: []\n")).expect("write");
     let lw = Exporter::start(&["--config.file", path.to_str().expect("utf8")]);
     assert!(!lw.metrics().contains("group=\"reloaded\""));
 
     std::fs::write(
         &path,
-        "processes:\n  - name: reloaded\n    interval: 200ms\n    timeout: 200ms\n    match: {comm: [no-such-proc]}\n",
+        format!("{ingest}processes:\n  - name: reloaded\n    interval: 200ms\n    timeout: 200ms\n    match: {{comm: [no-such-proc]}}\n"),
     )
     .expect("write");
     lw.signal("HUP");
@@ -222,7 +224,7 @@ fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
         Some(1.0)
     );
 
-    std::fs::write(&path, "processes: [{name: x}]\n").expect("write");
+    std::fs::write(&path, format!("{ingest}processes: [{{name: x}}]\n")).expect("write");
     lw.signal("HUP");
     let text = wait_for_metrics(&lw, Duration::from_secs(10), "the rejected reload", |t| {
         sample(t, "loopwatch_config_last_reload_successful") == Some(0.0)

@@ -12,7 +12,7 @@ use common::*;
 
 fn config(dir: &tempfile::TempDir, body: &str) -> String {
     let path = dir.path().join("loopwatch.yml");
-    std::fs::write(&path, body).expect("config");
+    std::fs::write(&path, with_free_udp(body).0).expect("config");
     path.display().to_string()
 }
 

@@ -40,7 +40,7 @@ fn groups_count_their_processes_restarts_and_fds() {
     let config = dir.path().join("loopwatch.yml");
     std::fs::write(
         &config,
-        format!(
+        with_free_udp(&format!(
             "processes:
   - name: sleepers
     interval: 200ms
@@ -67,7 +67,8 @@ fn groups_count_their_processes_restarts_and_fds() {
 ",
             re = token.replace('.', "\\."),
             pid_file = pid_file.display()
-        ),
+        ))
+        .0,
     )
     .expect("config");
     let lw = Exporter::start(&["--config.file", config.to_str().expect("utf8")]);
@@ -155,10 +156,11 @@ fn a_garbage_pid_file_fails_the_poll_with_reason_parse() {
     let config = dir.path().join("loopwatch.yml");
     std::fs::write(
         &config,
-        format!(
+        with_free_udp(&format!(
             "processes:\n  - name: bad\n    interval: 200ms\n    timeout: 200ms\n    match: {{pid_file: {}}}\n",
             pid_file.display()
-        ),
+        ))
+        .0,
     )
     .expect("config");
     let lw = Exporter::start(&["--config.file", config.to_str().expect("utf8")]);

@@ -381,10 +381,14 @@ impl Exporter {
         );
     }
 
+    /// A scrape, checked for duplicate samples: Prometheus drops a scrape
+    /// that has any, and `promtool check metrics` does not notice them.
     pub fn metrics(&self) -> String {
         let r = get(self.port, "/metrics");
         assert_eq!(r.status, 200, "{}", r.text());
-        r.text()
+        let text = r.text();
+        assert_no_duplicate_samples(&text);
+        text
     }
 
     pub fn stderr(&self) -> String {
@@ -709,4 +713,68 @@ pub fn signal_pid(pid: u32, sig: &str) {
         .expect("kill")
         .success();
     assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// A sample line's series: its name and its labels sorted by name, so the
+/// same series printed by two sources in different label order is seen as one.
+fn series_key(line: &str) -> Option<(String, Vec<(String, String)>)> {
+    let (series, _value) = line.rsplit_once(' ')?;
+    let Some((name, rest)) = series.split_once('{') else {
+        return Some((series.to_owned(), Vec::new()));
+    };
+    let mut labels = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        let label: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        let label = label.trim_start_matches(',').to_owned();
+        if label.is_empty() || label == "}" {
+            break;
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => value.extend(chars.next()),
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.push((label, value));
+    }
+    labels.sort();
+    Some((name.to_owned(), labels))
+}
+
+/// Fails on a series printed twice, or a family's `# TYPE` printed twice.
+pub fn assert_no_duplicate_samples(text: &str) {
+    let mut seen = std::collections::HashSet::new();
+    let mut types = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            assert!(
+                types.insert(t.to_owned()),
+                "family typed twice: {line}\n{text}"
+            );
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let key = series_key(line).unwrap_or_else(|| panic!("unparsable sample line: {line}"));
+        assert!(seen.insert(key), "duplicate sample: {line}\n{text}");
+    }
+}
+
+#[test]
+fn duplicate_samples_are_found_whatever_the_label_order() {
+    assert_no_duplicate_samples("a{x=\"1\",y=\"2\"} 1\na{x=\"2\",y=\"2\"} 1\nb 3\n");
+    let dup = std::panic::catch_unwind(|| {
+        assert_no_duplicate_samples("a{x=\"1\",y=\"a,}b\"} 1\na{y=\"a,}b\",x=\"1\"} 2\n")
+    });
+    assert!(
+        dup.is_err(),
+        "the same series in another label order is a duplicate"
+    );
 }
