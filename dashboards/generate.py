@@ -294,6 +294,17 @@ def overview():
     b.timeseries("Log lines suppressed", "loopwatch's own log lines dropped per second by its per-message rate limit, by level (rate of loopwatch_log_suppressed_total): the same message is logged at most --log.repeat-burst times (3) per --log.repeat-window (5m), so a failing target or a flood of bad input cannot fill the journal. Suppressed lines are repeats of a line already logged; a steady rate of error or warn lines means something keeps failing (see the collector panels above). No alert: the failure itself has one.",
                  "cps", [target(f'sum by (instance, level) (rate(loopwatch_log_suppressed_total{{{SEL}}}[{RI}])) > 0', "{{level}} {{instance}}")], 18, 6, minv=0)
     b.down(8)
+    b.timeseries("Series from apps vs budget", "Series that apps' reports hold in /metrics (loopwatch_ingest_series) against the series budget (loopwatch_ingest_series_limit: ingest.max_series, 50,000 by default), counted where each series is born: 20 per loop whatever it reports, 1 per {task, exception} of task failures and per cancelled task name, 2 per worker id, 8 per pool. Beyond the limit new label values fold into other and new loops are rejected as too_many_loops. Over 90% for 15 minutes fires LoopwatchIngestSeriesBudgetFull. Not counted: each loop's blocking sites, info and other series, apps' rate limits, loopwatch's own series (docs/metrics.md: How big /metrics can get). It falls only when loops, pools or apps expire. Folds and rejections: the Ingest row of the Event loops dashboard.",
+                 "short", [target(f'loopwatch_ingest_series{{{SEL}}}', "used {{instance}}", "A"),
+                           target(f'loopwatch_ingest_series_limit{{{SEL}}}', "limit {{instance}}", "B")], 0, 16, minv=0,
+                 overrides=[{"matcher": {"id": "byFrameRefID", "options": "B"},
+                             "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+                                            {"id": "custom.fillOpacity", "value": 0},
+                                            {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]}])
+    b.gauge("Series budget used", "Share of the series budget that apps' reports hold, per instance (loopwatch_ingest_series / loopwatch_ingest_series_limit). Orange from 90%: for 15 minutes it fires LoopwatchIngestSeriesBudgetFull; red at 100%: new label values fold into other and new loops are rejected. Over 100% after a reload lowered ingest.max_series (what is taken stays until it expires). One app or loop can also spend its own share (ingest.max_series_per_app, ingest.max_series_per_loop) while this is low: folds show it.",
+            "percentunit", [target(f'loopwatch_ingest_series{{{SEL}}} / loopwatch_ingest_series_limit{{{SEL}}}', "{{instance}}", instant=True)], 16, 8, h=8,
+            steps=[("green", None), ("orange", 0.9), ("red", 1)], minv=0, maxv=1)
+    b.down(8)
 
     # ------------------------------------------------------------ Own runtime
     b.row("Own runtime")
@@ -343,7 +354,7 @@ def overview():
 
     return dashboard(
         "loopwatch / Overview", "loopwatch-overview",
-        "loopwatch exporter health, its own tokio runtime, and the process groups it watches.",
+        "loopwatch exporter health and the series budget of apps' reports, its own tokio runtime, and the process groups it watches.",
         b.panels,
         [DATASOURCE_VAR, JOB_VAR, INSTANCE_VAR,
          qvar("group", "Process group", 'label_values(loopwatch_processes{job=~"$job", instance=~"$instance"}, group)', True, True,
@@ -500,9 +511,9 @@ def event_loops():
     b.row("Ingest")
     b.timeseries("Messages received", "Messages from apps per second by transport, accepted or not (rate of loopwatch_ingest_messages_total): udp datagrams and http NDJSON lines. Each loop sends 4 heartbeats a second at the client's defaults.",
                  "cps", [target(f'sum by (instance, transport) (rate(loopwatch_ingest_messages_total{{{SEL}}}[{RI}]))', "{{transport}} {{instance}}")], 0, 8, minv=0)
-    b.timeseries("Rejected messages", "Messages rejected per second by reason (rate of loopwatch_ingest_rejected_total): not_json, unknown_version, unknown_type, invalid, oversize, too_many_apps, too_many_loops, too_many_processes (more than ingest.max_processes_per_loop live processes of one loop), reserved (the app name loopwatch, or an app's rate limit for a polled {api, token}). Only reasons with rejections are drawn; for 15 minutes it fires LoopwatchIngestRejecting.",
+    b.timeseries("Rejected messages", "Messages rejected per second by reason (rate of loopwatch_ingest_rejected_total): not_json, unknown_version, unknown_type, invalid, oversize, too_many_apps, too_many_loops (beyond ingest.max_loops_per_app, or a loop the series budget cannot afford), too_many_processes (more than ingest.max_processes_per_loop live processes of one loop), reserved (the app name loopwatch, or an app's rate limit for a polled {api, token}). Only reasons with rejections are drawn; for 15 minutes it fires LoopwatchIngestRejecting.",
                  "cps", [target(f'sum by (instance, reason) (rate(loopwatch_ingest_rejected_total{{{SEL}}}[{RI}])) > 0', "{{reason}} {{instance}}")], 8, 8, minv=0)
-    b.timeseries("Folded label values", "Events per second whose label value exceeded its cap and was folded into other, by kind (rate of loopwatch_ingest_folded_total): task, exception, site, pool, ratelimit, worker (worker ids beyond ingest.max_workers_per_loop). Raise the ingest.max_* cap or give apps fewer distinct names.",
+    b.timeseries("Folded label values", "Events per second whose label value exceeded its cap, or needed a series the series budget could not afford, and was folded into other, by kind (rate of loopwatch_ingest_folded_total): task, exception, site, pool, ratelimit, worker (worker ids beyond ingest.max_workers_per_loop). Raise the ingest.max_* cap or give apps fewer distinct names; the budget's fill is on the Overview dashboard (Series from apps vs budget).",
                  "cps", [target(f'sum by (instance, kind) (rate(loopwatch_ingest_folded_total{{{SEL}}}[{RI}])) > 0', "{{kind}} {{instance}}")], 16, 8, minv=0)
     b.down(8)
 

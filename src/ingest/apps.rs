@@ -492,13 +492,14 @@ impl Loop {
         }
         p.last_counted_stall = Some(stall.stall_id);
         let site = label_value(&stall.site);
-        let counted_site =
-            if !self.sites.contains_key(&site) && self.sites.len() >= config.max_sites {
-                series.folded(FoldKind::Site, 1.0);
-                OTHER.to_owned()
-            } else {
-                site.clone()
-            };
+        let counted_site = if !self.sites.contains_key(&site)
+            && (self.sites.len() >= config.max_sites || !limits.take(&mut self.taken, 1))
+        {
+            series.folded(FoldKind::Site, 1.0);
+            OTHER.to_owned()
+        } else {
+            site.clone()
+        };
         *self.sites.entry(counted_site.clone()).or_default() += 1;
         series
             .blocking_calls
