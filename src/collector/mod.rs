@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::ResolvedConfig;
 use crate::ingest::Ingest;
 use crate::loops::Loops;
 use crate::metrics::Families;
@@ -126,6 +126,24 @@ pub struct Built {
     pub job: Job,
 }
 
+/// Why collectors could not be built from a resolved configuration: what
+/// validation cannot know ahead (a TLS backend that fails to start).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("postgres target {target}: cannot build the connection pool")]
+    Pool {
+        target: String,
+        #[source]
+        source: deadpool_postgres::BuildError,
+    },
+    #[error("ratelimits target {target}: cannot build the HTTP client")]
+    HttpClient {
+        target: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
 /// What collectors share across reloads.
 #[derive(Clone)]
 pub struct Shared {
@@ -134,14 +152,18 @@ pub struct Shared {
     pub proc_scanner: Arc<processes::ProcScanner>,
 }
 
-/// Every collector the configuration asks for: one line per kind.
-pub fn build_collectors(config: &Config, shared: &Shared) -> Vec<Built> {
+/// Every collector the configuration asks for: one line per kind, each
+/// built from resolved values only (no file or environment is read here).
+pub fn build_collectors(
+    config: &ResolvedConfig,
+    shared: &Shared,
+) -> Result<Vec<Built>, BuildError> {
     let mut built = Vec::new();
     built.extend(runtime::build(&config.runtime, shared));
     built.push(crate::ingest::udp::build(&config.ingest, &shared.ingest));
     built.extend(processes::build(&config.processes, shared));
-    built.extend(postgres::build(&config.postgres));
+    built.extend(postgres::build(&config.postgres)?);
     built.extend(pgbouncer::build(&config.pgbouncer));
-    built.extend(ratelimits::build(&config.ratelimits));
-    built
+    built.extend(ratelimits::build(&config.ratelimits)?);
+    Ok(built)
 }

@@ -9,9 +9,7 @@ use tokio::time::Instant;
 
 use super::{BoxFuture, Built, CollectError, Job, Shared, Streaming};
 use crate::config::RuntimeConfig;
-
-pub const APP_NAME: &str = "loopwatch";
-pub const LOOP_NAME: &str = "tokio";
+use crate::families::{RESERVED_APP as APP_NAME, RUNTIME_LOOP as LOOP_NAME};
 
 pub fn build(config: &RuntimeConfig, shared: &Shared) -> Option<Built> {
     if !config.enabled {
