@@ -25,6 +25,14 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A UDP port free right now, for an exporter's ingest.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
@@ -145,10 +153,50 @@ pub struct Exporter {
 
 impl Exporter {
     /// Starts loopwatch on a free port with these extra arguments and waits
-    /// until `/-/ready` answers 200.
+    /// until `/-/ready` answers 200. Its UDP ingest gets a free port of its
+    /// own (parallel exporters would race for the default one, and the
+    /// losers are never ready): without `--config.file`, through a config
+    /// that only sets it; with one that does not set it, appended to that
+    /// file.
     pub fn start(args: &[&str]) -> Self {
-        let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
+        let ingest = format!(
+            "ingest:\n  udp_listen_address: 127.0.0.1:{}\n",
+            free_udp_port()
+        );
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        match args.iter().position(|a| a == "--config.file") {
+            Some(i) => {
+                let path = &args[i + 1];
+                let text = std::fs::read_to_string(path).expect("test config");
+                if !text.contains("udp_listen_address") {
+                    assert!(
+                        !text.lines().any(|l| l.starts_with("ingest:")),
+                        "a test config with an ingest section sets udp_listen_address: {text}"
+                    );
+                    std::fs::write(path, format!("{text}\n{ingest}")).expect("append ingest");
+                }
+            }
+            None => {
+                let path = dir.path().join("loopwatch.yml");
+                std::fs::write(&path, ingest).expect("config");
+                args.push("--config.file".into());
+                args.push(path.to_str().expect("utf8").to_owned());
+            }
+        }
+        Self::spawn(&args, dir)
+    }
+
+    /// Starts loopwatch on the embedded default config (UDP ingest on the
+    /// default 127.0.0.1:10071, which only one test may use at a time).
+    pub fn start_default(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        Self::spawn(&args, dir)
+    }
+
+    fn spawn(args: &[String], dir: tempfile::TempDir) -> Self {
+        let port = free_port();
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let child = Command::new(BIN)
