@@ -5,12 +5,12 @@
 //! task that runs until it is stopped). The driver, not the collector, applies
 //! the schedule and records duration, success, last success and errors.
 
-pub mod driver;
-pub mod pgbouncer;
-pub mod postgres;
+pub(crate) mod driver;
+pub(crate) mod pgbouncer;
+pub(crate) mod postgres;
 pub mod processes;
-pub mod ratelimits;
-pub mod runtime;
+pub(crate) mod ratelimits;
+pub(crate) mod runtime;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -23,7 +23,7 @@ mod postgres;
 mod processes;
 mod ratelimits;
 mod schema;
-pub mod secret;
+mod secret;
 mod validate;
 mod web;
 
@@ -33,13 +33,8 @@ use std::path::Path;
 pub use error::{ConfigError, Problem};
 pub use postgres::{PgBouncerTarget, PostgresTarget};
 pub use processes::{ProcessGroup, ProcessMatchers};
-pub use ratelimits::{RateLimitTarget, Token};
-pub use schema::{
-    HttpMethod, IngestConfig, PgBouncerTargetConfig, PostgresTargetConfig, ProcessGroupConfig,
-    ProcessMatchConfig, RateLimitKind, RateLimitTargetConfig, RawConfig, ResetFormat,
-    RuntimeConfig, TokenConfig, WebConfig,
-};
-pub use secret::Secret;
+pub use ratelimits::RateLimitTarget;
+pub use schema::{HttpMethod, IngestConfig, RateLimitKind, RawConfig, ResetFormat, RuntimeConfig};
 pub use web::{Web, WebFlags, parse_listen_address};
 
 /// The configuration loopwatch runs on when no file is given: it watches its
