@@ -277,10 +277,43 @@ impl Drop for Exporter {
 /// The value of the one sample whose series starts with `series` (name and
 /// labels as printed), if any.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
+    let want = canonical(series);
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         let (name, value) = l.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
+        (canonical(name) == want).then(|| value.parse().ok())?
     })
+}
+
+/// A series with its labels sorted by name: the order labels print in is
+/// not part of a series' identity.
+fn canonical(series: &str) -> (String, Vec<(String, String)>) {
+    let Some((name, rest)) = series.split_once('{') else {
+        return (series.to_owned(), Vec::new());
+    };
+    let body = rest.strip_suffix('}').unwrap_or(rest);
+    let mut labels = Vec::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        chars.next(); // the opening quote
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => value.extend(chars.next()),
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.push((key.trim_start_matches(',').to_owned(), value));
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    labels.sort();
+    (name.to_owned(), labels)
 }
 
 /// Polls `/metrics` until `pred` holds or the time runs out.
