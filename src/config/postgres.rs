@@ -128,6 +128,8 @@ pub(super) fn resolve_postgres(
             &t.name,
             (t.interval, t.timeout, t.connect_timeout),
         );
+        let connection = connection(&t.dsn, t.password.as_ref(), t.password_file.as_deref())
+            .map_err(|e| problems.push(format!("{path}.{}", e.key()), e));
         if t.max_connections == 0 || t.max_connections > 10 {
             problems.push(
                 format!("{path}.max_connections"),
@@ -141,26 +143,23 @@ pub(super) fn resolve_postgres(
             );
         }
         let connect_timeout = connect_timeout(t.connect_timeout, t.timeout);
-        match connection(&t.dsn, t.password.as_ref(), t.password_file.as_deref()) {
-            Ok(mut connection) => {
-                let statement_timeout = t.statement_timeout.unwrap_or(t.timeout);
-                connection.connect_timeout(connect_timeout).options(format!(
-                    "-c statement_timeout={} -c lock_timeout={}",
-                    statement_timeout.as_millis(),
-                    t.lock_timeout.as_millis(),
-                ));
-                resolved.push(PostgresTarget {
-                    name: t.name.clone(),
-                    interval: t.interval,
-                    timeout: t.timeout,
-                    connect_timeout,
-                    connection,
-                    max_connections: t.max_connections,
-                    slow_query_threshold: t.slow_query_threshold,
-                    max_connection_series: t.max_connection_series,
-                });
-            }
-            Err(e) => problems.push(format!("{path}.{}", e.key()), e),
+        if let Ok(mut connection) = connection {
+            let statement_timeout = t.statement_timeout.unwrap_or(t.timeout);
+            connection.connect_timeout(connect_timeout).options(format!(
+                "-c statement_timeout={} -c lock_timeout={}",
+                statement_timeout.as_millis(),
+                t.lock_timeout.as_millis(),
+            ));
+            resolved.push(PostgresTarget {
+                name: t.name.clone(),
+                interval: t.interval,
+                timeout: t.timeout,
+                connect_timeout,
+                connection,
+                max_connections: t.max_connections,
+                slow_query_threshold: t.slow_query_threshold,
+                max_connection_series: t.max_connection_series,
+            });
         }
     }
     resolved
