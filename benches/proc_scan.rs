@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use loopwatch::collector::processes::{self, ProcScanner};
 use loopwatch::collector::{Job, Periodic, Shared};
-use loopwatch::config::{ProcessGroupConfig, ProcessMatchConfig};
+use loopwatch::config::{self, ProcessGroup, WebFlags};
 use loopwatch::ingest::Ingest;
 use loopwatch::watchdog::Watchdog;
 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
@@ -104,7 +104,7 @@ fn shared_template(registry: &prometheus::Registry) -> Shared {
     let ingest = Arc::new(Ingest::register(
         registry,
         watchdog.clone(),
-        loopwatch::config::default_config().get().ingest.clone(),
+        config::default_config().ingest.clone(),
     ));
     Shared {
         watchdog,
@@ -121,13 +121,15 @@ fn fresh_shared(ctx: &Ctx, scanner: Arc<ProcScanner>) -> Shared {
     }
 }
 
-fn group(name: &str, matchers: ProcessMatchConfig) -> ProcessGroupConfig {
-    ProcessGroupConfig {
-        name: name.into(),
-        interval: Duration::from_secs(1),
-        timeout: Duration::from_secs(30),
-        matchers,
-    }
+/// One process group, resolved by config as the exporter resolves it.
+fn group(name: &str, matcher: &str) -> ProcessGroup {
+    let text = format!(
+        "processes:\n  - name: {name}\n    interval: 1s\n    timeout: 1s\n    match: {{{matcher}}}\n"
+    );
+    config::parse(&text, "bench", &WebFlags::default())
+        .expect("valid group")
+        .processes
+        .remove(0)
 }
 
 /// Work prepared for one iteration, outside the timed region.
@@ -146,31 +148,13 @@ fn prepare(v: Variant, ctx: &Ctx) -> Prepared {
             let scanner = Arc::new(ProcScanner::new("/proc"));
             let shared = fresh_shared(ctx, scanner.clone());
             // Building a group that matches on cmdline turns cmdline reading on.
-            let built = processes::build(
-                &[group(
-                    "cmdline",
-                    ProcessMatchConfig {
-                        cmdline: vec!["x".into()],
-                        ..Default::default()
-                    },
-                )],
-                &shared,
-            );
+            let built = processes::build(&[group("cmdline", "cmdline: [x]")], &shared);
             assert_eq!(built.len(), 1);
             Prepared::Scanner(scanner)
         }
         Variant::GroupPoll => {
             let shared = fresh_shared(ctx, Arc::new(ProcScanner::new("/proc")));
-            let mut built = processes::build(
-                &[group(
-                    "sleepers",
-                    ProcessMatchConfig {
-                        comm: vec!["sleep".into()],
-                        ..Default::default()
-                    },
-                )],
-                &shared,
-            );
+            let mut built = processes::build(&[group("sleepers", "comm: [sleep]")], &shared);
             match built.pop().map(|b| b.job) {
                 Some(Job::Periodic { collector, .. }) => Prepared::Poll(collector),
                 _ => panic!("a process group is periodic"),

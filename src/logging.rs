@@ -17,6 +17,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::families;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Logfmt,
@@ -51,15 +53,11 @@ pub struct RepeatLimit {
 }
 
 /// Lines dropped by the repeat limit, by level; registered by [`register_metrics`].
+/// A static because the subscriber is global and outlives any registry.
 static SUPPRESSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let counter = IntCounterVec::new(
-        Opts::new(
-            "loopwatch_log_suppressed_total",
-            "loopwatch's own log lines dropped because the same message repeated more often than the log repeat limit allows, by level.",
-        ),
-        &["level"],
-    )
-    .expect("valid metric");
+    let family = &families::LOG_SUPPRESSED;
+    let counter = IntCounterVec::new(Opts::new(family.name, family.help), family.labels)
+        .expect("valid metric");
     for level in ["error", "warn", "info", "debug", "trace"] {
         counter.with_label_values(&[level]);
     }
@@ -67,9 +65,7 @@ static SUPPRESSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 pub fn register_metrics(registry: &Registry) {
-    registry
-        .register(Box::new(SUPPRESSED.clone()))
-        .expect("registered once");
+    families::register(registry, SUPPRESSED.clone());
 }
 
 /// Installs the global subscriber. Our own crate logs at `level`; others at

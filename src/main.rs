@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
 
-use loopwatch::app::{self, RunError, Settings, WebFlags};
-use loopwatch::config;
+use loopwatch::config::{self, WebFlags};
+use loopwatch::exporter::{self, Settings};
 use loopwatch::logging::{self, Format, Level, RepeatLimit};
-use loopwatch::metrics::build;
+use loopwatch::version;
 
 /// Prometheus exporter for blocked event loops, dying tasks, exhausted rate
 /// limits, saturated pools and leaking processes.
@@ -89,7 +89,7 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.version {
-        return print_stdout(&format!("{}\n", build::version_line()));
+        return print_stdout(&format!("{}\n", version::version_line()));
     }
     match cli.command {
         Some(Command::PrintDefaultConfig) => {
@@ -121,32 +121,28 @@ fn main() -> ExitCode {
         tracing::error!(panic = %info, "A task panicked");
     }));
 
-    let config = match &cli.config_file {
-        Some(path) => match config::load_file(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
-        None => config::default_config(),
+    // The flags are merged into the config before it is validated, so a bad
+    // flag value is reported, and exits 2, like a bad key.
+    let web = WebFlags {
+        listen_addresses: cli.listen_addresses,
+        telemetry_path: cli.telemetry_path,
+        max_requests: cli.max_requests,
+        disable_exporter_metrics: cli.disable_exporter_metrics,
+    };
+    let config = match config::load(cli.config_file.as_deref(), &web) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     let settings = Settings {
         config,
         config_path: cli.config_file,
-        web: WebFlags {
-            listen_addresses: cli.listen_addresses,
-            telemetry_path: cli.telemetry_path,
-            max_requests: cli.max_requests,
-            disable_exporter_metrics: cli.disable_exporter_metrics,
-        },
+        web,
     };
-    match app::run(settings) {
+    match exporter::run(settings) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ RunError::Usage(_)) => {
-            eprintln!("loopwatch: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
         Err(e) => {
             eprintln!("loopwatch: {e}");
             ExitCode::FAILURE

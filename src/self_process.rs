@@ -11,31 +11,20 @@ use procfs::process::Process;
 
 use crate::collector::processes::soft_fd_limit;
 
+use crate::families::{
+    self, SELF_CPU, SELF_MAX_FDS, SELF_OPEN_FDS, SELF_RESIDENT_MEMORY, SELF_START_TIME,
+    SELF_THREADS, SELF_VIRTUAL_MEMORY,
+};
 use crate::metrics::FamilyBuilder;
 
-const FAMILIES: [(&str, &str); 7] = [
-    (
-        "process_cpu_seconds_total",
-        "Total user and system CPU time spent in seconds.",
-    ),
-    ("process_open_fds", "Number of open file descriptors."),
-    (
-        "process_max_fds",
-        "Maximum number of open file descriptors.",
-    ),
-    (
-        "process_virtual_memory_bytes",
-        "Virtual memory size in bytes.",
-    ),
-    (
-        "process_resident_memory_bytes",
-        "Resident memory size in bytes.",
-    ),
-    (
-        "process_start_time_seconds",
-        "Start time of the process since unix epoch in seconds.",
-    ),
-    ("process_threads", "Number of OS threads in the process."),
+const FAMILIES: [families::Family; 7] = [
+    SELF_CPU,
+    SELF_OPEN_FDS,
+    SELF_MAX_FDS,
+    SELF_VIRTUAL_MEMORY,
+    SELF_RESIDENT_MEMORY,
+    SELF_START_TIME,
+    SELF_THREADS,
 ];
 
 pub struct SelfProcess {
@@ -50,18 +39,7 @@ pub struct SelfProcess {
 
 impl SelfProcess {
     pub fn new() -> Self {
-        let descs = FAMILIES
-            .iter()
-            .map(|(name, help)| {
-                Desc::new(
-                    (*name).to_owned(),
-                    (*help).to_owned(),
-                    Vec::new(),
-                    Default::default(),
-                )
-                .expect("valid desc")
-            })
-            .collect();
+        let descs = FAMILIES.iter().map(families::Family::desc).collect();
         let ticks_per_second = procfs::ticks_per_second() as f64;
         let start_time = Process::myself()
             .and_then(|p| p.stat())
@@ -94,35 +72,27 @@ impl Collector for SelfProcess {
         let Some(me) = &self.me else {
             return Vec::new();
         };
-        let help = |i: usize| FAMILIES[i].1;
         if let Ok(stat) = me.stat() {
-            b.counter_named(
-                FAMILIES[0].0,
-                help(0),
+            b.counter(
+                &SELF_CPU,
                 &[],
                 (stat.utime + stat.stime) as f64 / self.ticks_per_second,
             );
-            b.gauge_named(FAMILIES[3].0, help(3), &[], stat.vsize as f64);
-            b.gauge_named(
-                FAMILIES[4].0,
-                help(4),
-                &[],
-                stat.rss as f64 * self.page_size,
-            );
-            b.gauge_named(FAMILIES[6].0, help(6), &[], stat.num_threads as f64);
+            b.gauge(&SELF_VIRTUAL_MEMORY, &[], stat.vsize as f64);
+            b.gauge(&SELF_RESIDENT_MEMORY, &[], stat.rss as f64 * self.page_size);
+            b.gauge(&SELF_THREADS, &[], stat.num_threads as f64);
         }
         if let Ok(n) = me.fd_count() {
-            b.gauge_named(FAMILIES[1].0, help(1), &[], n as f64);
+            b.gauge(&SELF_OPEN_FDS, &[], n as f64);
         }
         if let Ok(limit) = soft_fd_limit(Path::new("/proc/self/limits")) {
-            b.gauge_named(
-                FAMILIES[2].0,
-                help(2),
+            b.gauge(
+                &SELF_MAX_FDS,
                 &[],
                 limit.map_or(f64::INFINITY, |v| v as f64),
             );
         }
-        b.gauge_named(FAMILIES[5].0, help(5), &[], self.start_time);
+        b.gauge(&SELF_START_TIME, &[], self.start_time);
         b.finish()
     }
 }

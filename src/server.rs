@@ -4,7 +4,6 @@
 //! It runs on its own runtime, apart from the collectors, so that a blocked
 //! collector runtime shows up as a stall in `/metrics` instead of a timeout.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -21,10 +20,11 @@ use tower_http::compression::CompressionLayer;
 use crate::collector::Driver;
 use crate::families::Transport;
 use crate::ingest::Ingest;
-use crate::metrics::{TEXT_CONTENT_TYPE, build, encode_with};
+use crate::metrics::{TEXT_CONTENT_TYPE, encode_with};
+use crate::version;
 
 /// What the handlers read.
-pub struct AppState {
+pub struct ServerState {
     pub registry: Registry,
     pub driver: Arc<Driver>,
     pub ingest: Arc<Ingest>,
@@ -34,7 +34,7 @@ pub struct AppState {
 }
 
 /// The router, apart from any socket (tests call it with `oneshot`).
-pub fn app(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route(&state.telemetry_path, get(metrics))
         .route("/", get(landing))
@@ -50,7 +50,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .layer(CompressionLayer::new().gzip(true))
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     let _permit = match &state.scrape_slots {
         Some(slots) => match slots.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
@@ -72,7 +72,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 pub const MAX_EVENTS_BODY: usize = 1024 * 1024;
 
 /// NDJSON batch of client-protocol messages; a bad line never fails the rest.
-async fn events(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn events(State(state): State<Arc<ServerState>>, body: Bytes) -> Response {
     let (mut accepted, mut rejected) = (0u64, 0u64);
     for line in body.split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -106,7 +106,7 @@ const MAX_LOOPS_PER_PAGE: usize = 1000;
 const MAX_LOOPS_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 async fn loops(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<ServerState>>,
     axum::extract::Query(q): axum::extract::Query<LoopsQuery>,
 ) -> Response {
     let limit = q.limit.clamp(1, MAX_LOOPS_PER_PAGE);
@@ -116,15 +116,19 @@ async fn loops(
     axum::Json(page).into_response()
 }
 
-async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.driver.first_polls_done() {
-        "Ready\n".into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Not ready: first polls are running\n",
-        )
-            .into_response()
+/// 503 until every collector's first poll is done, and while a streaming
+/// collector (UDP ingest, the runtime ticker) is failing; the body says which.
+async fn ready(State(state): State<Arc<ServerState>>) -> Response {
+    match state.driver.readiness() {
+        Ok(()) => "Ready\n".into_response(),
+        Err(why) => {
+            let mut body = String::from("Not ready:\n");
+            for line in why {
+                body.push_str(&line);
+                body.push('\n');
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        }
     }
 }
 
@@ -135,7 +139,7 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
+async fn landing(State(state): State<Arc<ServerState>>) -> Html<String> {
     let mut rows = String::new();
     for s in state.driver.statuses().iter() {
         let last_success = s
@@ -203,47 +207,84 @@ async fn landing(State(state): State<Arc<AppState>>) -> Html<String> {
 {sites}</table>
 </body></html>
 "#,
-        version = build::VERSION,
-        branch = escape(build::BRANCH),
-        revision = escape(build::REVISION),
+        version = version::VERSION,
+        branch = escape(version::BRANCH),
+        revision = escape(version::REVISION),
     ))
-}
-
-/// Parses a listen address as exporters take it: `:10071` (every IPv4
-/// interface), `[::]:10071`, `127.0.0.1:10071` or `localhost:10071`.
-pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
-    let bad =
-        || format!("{text:?} is not a listen address like :10071, 127.0.0.1:10071 or [::]:10071");
-    if let Some(port) = text.strip_prefix(':') {
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
-    }
-    if let Some(port) = text.strip_prefix("localhost:") {
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    text.parse().map_err(|_| bad())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::{BoxFuture, Built, CollectError, Job, Reason, Streaming};
+    use crate::config::IngestConfig;
+    use crate::watchdog::Watchdog;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
 
-    #[test]
-    fn listen_addresses_in_exporter_forms() {
-        assert_eq!(
-            parse_listen_address(":10071"),
-            Ok("0.0.0.0:10071".parse().expect("addr"))
+    struct TakenPort;
+
+    impl Streaming for TakenPort {
+        fn run(&mut self) -> BoxFuture<'_, Result<(), CollectError>> {
+            Box::pin(async {
+                Err(CollectError::new(
+                    Reason::Io,
+                    "cannot bind UDP 127.0.0.1:10071: Address already in use",
+                ))
+            })
+        }
+    }
+
+    async fn get_ready(state: Arc<ServerState>) -> (StatusCode, String) {
+        let response = router(state)
+            .oneshot(
+                Request::get("/-/ready")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// r11: a loopwatch whose UDP bind failed is not ready, and says why.
+    #[tokio::test]
+    async fn r11_ready_is_503_while_a_streaming_collector_fails() {
+        let registry = Registry::new();
+        let watchdog = Arc::new(Watchdog::register(&registry));
+        let ingest = Arc::new(Ingest::register(
+            &registry,
+            watchdog,
+            IngestConfig::default(),
+        ));
+        let driver = Arc::new(Driver::new(tokio::runtime::Handle::current(), &registry));
+        let state = Arc::new(ServerState {
+            registry,
+            driver: driver.clone(),
+            ingest,
+            telemetry_path: "/metrics".into(),
+            scrape_slots: None,
+        });
+        let (status, body) = get_ready(state.clone()).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "Ready\n"));
+
+        driver.replace(vec![Built {
+            kind: "ingest",
+            target: "udp".into(),
+            job: Job::Streaming(Box::new(TakenPort)),
+        }]);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (status, body) = get_ready(state).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            body.contains("ingest/udp: failing: cannot bind UDP 127.0.0.1:10071"),
+            "{body}"
         );
-        assert_eq!(
-            parse_listen_address("[::]:9"),
-            Ok("[::]:9".parse().expect("addr"))
-        );
-        assert_eq!(
-            parse_listen_address("localhost:80"),
-            Ok("127.0.0.1:80".parse().expect("addr"))
-        );
-        assert!(parse_listen_address("10071").is_err());
-        assert!(parse_listen_address(":99999").is_err());
+        driver.stop_all();
     }
 }

@@ -9,7 +9,7 @@ use common::*;
 
 #[test]
 fn default_config_serves_valid_metrics_about_itself() {
-    let lw = Exporter::start(&[]);
+    let lw = Exporter::start_default(&[]);
     let r = get(lw.port, "/metrics");
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -171,6 +171,90 @@ fn bad_flag_value_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nonsense"), "{err}");
+}
+
+/// r11: the listen address and the telemetry path are checked once, in
+/// config, after the flags are merged in: a wrong flag exits 2 naming the
+/// flag, with or without a config file, and the same rule applies to the key.
+#[test]
+fn r11_a_wrong_web_flag_exits_2_naming_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ok.yml");
+    std::fs::write(&path, "web:\n  telemetry_path: /prom\n").expect("write");
+    let file = path.to_str().expect("utf8 path");
+    for (flag, value) in [
+        ("--web.telemetry-path", "metrics"),
+        ("--web.telemetry-path", "/"),
+        ("--web.listen-address", "10071"),
+    ] {
+        for extra in [vec![], vec!["--config.file", file]] {
+            let mut args = vec![flag, value];
+            args.extend(&extra);
+            let out = run_bin(&args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(
+                err.starts_with(&format!("command line: {flag}: ")) && err.contains(value),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    std::fs::write(&path, "web:\n  telemetry_path: /\n").expect("write");
+    let out = run_bin(&["check-config", file]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2:") && err.contains("web.telemetry_path: must start with /"),
+        "{err}"
+    );
+}
+
+/// r11: a loopwatch whose UDP port is taken is not ready, and says why.
+#[test]
+fn r11_ready_is_503_while_udp_ingest_cannot_bind() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let udp = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("taken.yml");
+    std::fs::write(
+        &path,
+        format!("ingest:\n  udp_listen_address: 127.0.0.1:{udp}\n"),
+    )
+    .expect("write");
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_loopwatch"))
+        .args(["--web.listen-address", &format!("127.0.0.1:{port}")])
+        .args(["--config.file", path.to_str().expect("utf8")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start loopwatch");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        if let Ok(r) = get_with(port, "/-/ready", "") {
+            if r.text().contains("ingest/udp: failing") {
+                last = Some(r);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = last.expect("/-/ready names the failing UDP ingest");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("Address already in use"), "{}", r.text());
+
+    // Once the port is free, ingest binds it and the exporter turns ready.
+    drop(taken);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut ready = false;
+    while std::time::Instant::now() < deadline && !ready {
+        ready = get_with(port, "/-/ready", "").is_ok_and(|r| r.status == 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "ready once UDP ingest binds");
 }
 
 #[test]

@@ -9,17 +9,17 @@ use axum::http::{Request, StatusCode};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use loopwatch::app::Exporter;
 use loopwatch::config;
-use loopwatch::server::{AppState, app};
+use loopwatch::exporter::Exporter;
+use loopwatch::server::{ServerState, router as app};
 
-/// The exporter's parts as `app::run` wires them: a one-worker collector
+/// The exporter's parts as `exporter::run` wires them: a one-worker collector
 /// runtime, a single-thread server runtime, and the router's state.
 struct Harness {
     collect: tokio::runtime::Runtime,
     server: tokio::runtime::Runtime,
     exporter: Exporter,
-    state: Arc<AppState>,
+    state: Arc<ServerState>,
 }
 
 impl Harness {
@@ -33,12 +33,14 @@ impl Harness {
             .enable_all()
             .build()
             .expect("server runtime");
-        let exporter = Exporter::start(
-            &config::default_config(),
-            collect.handle().clone(),
-            exporter_metrics,
-        );
-        let state = Arc::new(AppState {
+        let mut config = config::default_config();
+        config.web.exporter_metrics = exporter_metrics;
+        // Ingest stays off: parallel tests must not race for one UDP port.
+        config.udp_listen_address = None;
+        config.ingest.udp_listen_address = String::new();
+        let exporter =
+            Exporter::start(&config, collect.handle().clone()).expect("collectors build");
+        let state = Arc::new(ServerState {
             registry: exporter.registry.clone(),
             driver: exporter.driver.clone(),
             ingest: exporter.shared.ingest.clone(),

@@ -11,11 +11,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
-use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, Registry};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use tracing::Instrument;
+
 use super::{Built, CollectError, Job, Periodic, Reason, Streaming};
+use crate::families;
 use crate::metrics::{Families, Slot, Snapshots, encode_families, unix_now};
 
 /// How often a running streaming collector's last success is refreshed.
@@ -32,52 +35,11 @@ struct DriverMetrics {
 
 impl DriverMetrics {
     fn register(registry: &Registry) -> Self {
-        let labels = &["collector", "target"];
-        let duration = GaugeVec::new(
-            Opts::new(
-                "loopwatch_collector_duration_seconds",
-                "Duration of the collector's last poll.",
-            ),
-            labels,
-        )
-        .expect("valid metric");
-        let success = GaugeVec::new(
-            Opts::new(
-                "loopwatch_collector_success",
-                "Whether the collector's last poll succeeded (1) or failed (0).",
-            ),
-            labels,
-        )
-        .expect("valid metric");
-        let last_success = GaugeVec::new(
-            Opts::new(
-                "loopwatch_collector_last_success_timestamp_seconds",
-                "Unix time of the collector's last successful poll.",
-            ),
-            labels,
-        )
-        .expect("valid metric");
-        let errors = IntCounterVec::new(
-            Opts::new(
-                "loopwatch_collector_errors_total",
-                "Failed polls of the collector, by reason.",
-            ),
-            &["collector", "target", "reason"],
-        )
-        .expect("valid metric");
-        for m in [&duration, &success, &last_success] {
-            registry
-                .register(Box::new(m.clone()))
-                .expect("registered once");
-        }
-        registry
-            .register(Box::new(errors.clone()))
-            .expect("registered once");
         Self {
-            duration,
-            success,
-            last_success,
-            errors,
+            duration: families::COLLECTOR_DURATION.gauge_vec(registry),
+            success: families::COLLECTOR_SUCCESS.gauge_vec(registry),
+            last_success: families::COLLECTOR_LAST_SUCCESS.gauge_vec(registry),
+            errors: families::COLLECTOR_ERRORS.int_counter_vec(registry),
         }
     }
 
@@ -98,7 +60,8 @@ pub struct CollectorStatus {
     pub kind: &'static str,
     pub target: String,
     pub schedule: Option<Duration>,
-    /// Set once the first poll has finished, successful or not.
+    /// Periodic: set once the first poll has finished, successful or not.
+    /// Streaming: set once it has started (its first step did not fail).
     pub polled: AtomicBool,
     pub last_success: Mutex<Option<SystemTime>>,
     pub last_error: Mutex<Option<String>>,
@@ -170,12 +133,36 @@ impl Driver {
         self.statuses.load_full()
     }
 
-    /// True once every periodic collector has finished its first poll.
-    pub fn first_polls_done(&self) -> bool {
-        self.statuses
-            .load()
-            .iter()
-            .all(|s| s.schedule.is_none() || s.polled.load(Ordering::Acquire))
+    /// Ready once every periodic collector has finished its first poll and
+    /// every streaming collector runs: a streaming collector that fails (a
+    /// UDP port in use) makes the exporter unready until it runs again.
+    /// `Err` says why, one line per collector.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut waiting = Vec::new();
+        for s in self.statuses.load().iter() {
+            let started = s.polled.load(Ordering::Acquire);
+            match s.schedule {
+                Some(_) if !started => {
+                    waiting.push(format!("{}/{}: first poll running", s.kind, s.target))
+                }
+                Some(_) => {}
+                None => {
+                    let error = s.last_error.lock().unwrap_or_else(|e| e.into_inner());
+                    match (&*error, started) {
+                        (Some(e), _) => {
+                            waiting.push(format!("{}/{}: failing: {e}", s.kind, s.target))
+                        }
+                        (None, false) => waiting.push(format!("{}/{}: starting", s.kind, s.target)),
+                        (None, true) => {}
+                    }
+                }
+            }
+        }
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(waiting)
+        }
     }
 
     fn start(&self, built: Built) -> Running {
@@ -202,6 +189,8 @@ impl Driver {
             metrics: self.metrics.clone(),
             status: status.clone(),
         };
+        // Every line a collector logs carries its kind and target.
+        let span = tracing::info_span!("collector", kind, target = %status.target);
         let task = match job {
             Job::Periodic {
                 interval,
@@ -209,8 +198,10 @@ impl Driver {
                 collector,
             } => self
                 .handle
-                .spawn(run_periodic(collector, interval, timeout, recorder)),
-            Job::Streaming(collector) => self.handle.spawn(run_streaming(collector, recorder)),
+                .spawn(run_periodic(collector, interval, timeout, recorder).instrument(span)),
+            Job::Streaming(collector) => self
+                .handle
+                .spawn(run_streaming(collector, recorder).instrument(span)),
         };
         Running { status, task }
     }
@@ -335,22 +326,29 @@ async fn run_periodic(
 }
 
 async fn run_streaming(mut collector: Box<dyn Streaming>, recorder: Recorder) {
-    // Up from the start; after a failure, only once it has run a while again,
-    // so a collector failing at every start does not flap.
-    recorder.success();
     loop {
         let run = AssertUnwindSafe(collector.run()).catch_unwind();
         tokio::pin!(run);
+        // Its first step binds and opens what it needs: up once that did not
+        // fail at the first start; after a failure, only once it has run a
+        // while again, so a collector failing at every start does not flap.
+        let first_step = run.as_mut().now_or_never();
+        if first_step.is_none() && !recorder.status.polled.swap(true, Ordering::AcqRel) {
+            recorder.success();
+        }
         // While it runs, it is alive: keep its last success current.
         let mut alive = tokio::time::interval_at(
             tokio::time::Instant::now() + RESTART_PAUSE,
             STREAMING_ALIVE_EVERY,
         );
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut run => break outcome,
-                _ = alive.tick() => recorder.success(),
-            }
+        let outcome = match first_step {
+            Some(outcome) => outcome,
+            None => loop {
+                tokio::select! {
+                    outcome = &mut run => break outcome,
+                    _ = alive.tick() => recorder.success(),
+                }
+            },
         };
         let error = match outcome {
             Ok(Ok(())) => return,
@@ -369,7 +367,15 @@ async fn run_streaming(mut collector: Box<dyn Streaming>, recorder: Recorder) {
 mod tests {
     use super::*;
     use crate::collector::BoxFuture;
+    use crate::families::{Family, Kind};
     use crate::metrics::{FamilyBuilder, encode_with};
+
+    const TEST_VALUE: Family = Family {
+        name: "test_value",
+        help: "A value.",
+        kind: Kind::Gauge,
+        labels: &[],
+    };
 
     struct Scripted {
         step: u32,
@@ -382,7 +388,7 @@ mod tests {
                 match self.step {
                     1 => {
                         let mut b = FamilyBuilder::default();
-                        b.gauge_named("test_value", "A value.", &[], 7.0);
+                        b.gauge(&TEST_VALUE, &[], 7.0);
                         Ok(b.finish())
                     }
                     2 => Err(CollectError::new(Reason::Connect, "refused")),
@@ -418,7 +424,7 @@ mod tests {
         let text = scrape(&registry, &driver);
         assert!(text.contains("test_value 7\n"), "{text}");
         assert!(text.contains(&format!("loopwatch_collector_success{{{labels}}} 1")));
-        assert!(driver.first_polls_done());
+        assert_eq!(driver.readiness(), Ok(()));
 
         tokio::time::sleep(Duration::from_secs(10)).await;
         let text = scrape(&registry, &driver);
@@ -497,6 +503,76 @@ mod tests {
             .map(|t| t.duration_since(start).as_secs())
             .collect();
         assert_eq!(offsets, vec![0, 14, 24, 34]);
+        driver.stop_all();
+    }
+
+    /// Fails at every start, as a UDP receiver whose port is taken; or runs.
+    struct Stream {
+        fail: Arc<AtomicBool>,
+    }
+
+    impl Streaming for Stream {
+        fn run(&mut self) -> BoxFuture<'_, Result<(), CollectError>> {
+            Box::pin(async move {
+                if self.fail.load(Ordering::Relaxed) {
+                    return Err(CollectError::new(
+                        Reason::Io,
+                        "cannot bind UDP 127.0.0.1:1: Address already in use",
+                    ));
+                }
+                std::future::pending().await
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_streaming_collector_makes_the_exporter_unready() {
+        let registry = Registry::new();
+        let driver = Driver::new(Handle::current(), &registry);
+        let fail = Arc::new(AtomicBool::new(true));
+        driver.replace(vec![Built {
+            kind: "ingest",
+            target: "udp".into(),
+            job: Job::Streaming(Box::new(Stream { fail: fail.clone() })),
+        }]);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let why = driver.readiness().expect_err("unready while failing");
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].starts_with("ingest/udp: failing: cannot bind UDP"),
+            "{why:?}"
+        );
+        let text = scrape(&registry, &driver);
+        assert!(
+            text.contains(r#"loopwatch_collector_success{collector="ingest",target="udp"} 0"#),
+            "{text}"
+        );
+
+        // The port is free again: ready once it has run a while.
+        fail.store(false, Ordering::Relaxed);
+        tokio::time::sleep(RESTART_PAUSE * 3).await;
+        assert_eq!(driver.readiness(), Ok(()));
+        let text = scrape(&registry, &driver);
+        assert!(
+            text.contains(r#"loopwatch_collector_success{collector="ingest",target="udp"} 1"#),
+            "{text}"
+        );
+        driver.stop_all();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_streaming_collector_is_ready_at_once() {
+        let registry = Registry::new();
+        let driver = Driver::new(Handle::current(), &registry);
+        driver.replace(vec![Built {
+            kind: "ingest",
+            target: "udp".into(),
+            job: Job::Streaming(Box::new(Stream {
+                fail: Arc::new(AtomicBool::new(false)),
+            })),
+        }]);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(driver.readiness(), Ok(()));
         driver.stop_all();
     }
 }

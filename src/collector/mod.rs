@@ -5,20 +5,20 @@
 //! task that runs until it is stopped). The driver, not the collector, applies
 //! the schedule and records duration, success, last success and errors.
 
-pub mod driver;
-pub mod pgbouncer;
-pub mod postgres;
+pub(crate) mod driver;
+pub(crate) mod pgbouncer;
+pub(crate) mod postgres;
 pub mod processes;
-pub mod ratelimits;
-pub mod runtime;
-pub mod udp_ingest;
+pub(crate) mod ratelimits;
+pub(crate) mod runtime;
+pub(crate) mod udp_ingest;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::ResolvedConfig;
 use crate::ingest::Ingest;
 use crate::metrics::Families;
 use crate::watchdog::Watchdog;
@@ -127,6 +127,24 @@ pub struct Built {
     pub job: Job,
 }
 
+/// Why collectors could not be built from a resolved configuration: what
+/// validation cannot know ahead (a TLS backend that fails to start).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("postgres target {target}: cannot build the connection pool")]
+    Pool {
+        target: String,
+        #[source]
+        source: deadpool_postgres::BuildError,
+    },
+    #[error("ratelimits target {target}: cannot build the HTTP client")]
+    HttpClient {
+        target: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
 /// What collectors share across reloads.
 #[derive(Clone)]
 pub struct Shared {
@@ -137,21 +155,21 @@ pub struct Shared {
     pub proc_scanner: Arc<processes::ProcScanner>,
 }
 
-/// Every collector the configuration asks for: one line per kind.
-pub fn build_collectors(config: &Config, shared: &Shared) -> Vec<Built> {
+/// Every collector the configuration asks for: one line per kind, each
+/// built from resolved values only (no file or environment is read here).
+pub fn build_collectors(
+    config: &ResolvedConfig,
+    shared: &Shared,
+) -> Result<Vec<Built>, BuildError> {
     let mut built = Vec::new();
     built.extend(runtime::build(&config.runtime, shared));
-    built.push(udp_ingest::build(
-        &config.ingest,
-        &shared.ingest,
-        &shared.udp,
-    ));
+    built.push(udp_ingest::build(config, &shared.ingest, &shared.udp));
     shared
         .ingest
         .set_polled_ratelimits(ratelimits::polled_budgets(&config.ratelimits));
     built.extend(processes::build(&config.processes, shared));
-    built.extend(postgres::build(&config.postgres));
+    built.extend(postgres::build(&config.postgres)?);
     built.extend(pgbouncer::build(&config.pgbouncer));
-    built.extend(ratelimits::build(&config.ratelimits));
-    built
+    built.extend(ratelimits::build(&config.ratelimits)?);
+    Ok(built)
 }

@@ -4,11 +4,12 @@
 
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage, SimpleQueryRow};
 
-use super::{BoxFuture, Built, CollectError, Job, Periodic, Reason};
-use crate::config::PgBouncerTargetConfig;
+use super::{BoxFuture, Built, CollectError, Job, Periodic};
+use crate::config::PgBouncerTarget;
+use crate::families;
 use crate::metrics::{Families, FamilyBuilder};
 
-pub fn build(targets: &[PgBouncerTargetConfig]) -> Vec<Built> {
+pub fn build(targets: &[PgBouncerTarget]) -> Vec<Built> {
     targets
         .iter()
         .map(|t| Built {
@@ -17,9 +18,9 @@ pub fn build(targets: &[PgBouncerTargetConfig]) -> Vec<Built> {
             job: Job::Periodic {
                 interval: t.interval,
                 timeout: t.timeout,
-                collector: Box::new(PgBouncerTarget {
+                collector: Box::new(PgBouncerPoller {
                     name: t.name.clone(),
-                    config: pg_config(t),
+                    config: t.connection.clone(),
                     client: None,
                 }),
             },
@@ -27,20 +28,9 @@ pub fn build(targets: &[PgBouncerTargetConfig]) -> Vec<Built> {
         .collect()
 }
 
-/// The admin console's connection settings, with `${ENV}` and the password resolved.
-pub fn pg_config(t: &PgBouncerTargetConfig) -> Result<tokio_postgres::Config, String> {
-    let mut config =
-        super::postgres::connection(&t.dsn, t.password.as_deref(), t.password_file.as_deref())?;
-    if config.get_dbname().is_none() {
-        config.dbname("pgbouncer");
-    }
-    config.connect_timeout(crate::config::connect_timeout(t.connect_timeout, t.timeout));
-    Ok(config)
-}
-
-struct PgBouncerTarget {
+struct PgBouncerPoller {
     name: String,
-    config: Result<tokio_postgres::Config, String>,
+    config: tokio_postgres::Config,
     /// Kept between polls; dropped after any error.
     client: Option<Client>,
 }
@@ -71,16 +61,12 @@ fn text<'a>(row: &'a SimpleQueryRow, column: &str) -> &'a str {
     row.try_get(column).ok().flatten().unwrap_or("")
 }
 
-impl PgBouncerTarget {
+impl PgBouncerPoller {
     async fn sample(&mut self) -> Result<Families, CollectError> {
         let client = match self.client.take() {
             Some(c) if !c.is_closed() => c,
             _ => {
-                let config = self
-                    .config
-                    .as_ref()
-                    .map_err(|e| CollectError::new(Reason::Other, e.clone()))?;
-                let (client, connection) = config.connect(NoTls).await.map_err(error)?;
+                let (client, connection) = self.config.connect(NoTls).await.map_err(error)?;
                 tokio::spawn(async move {
                     // Ends when the client is dropped or the server goes away.
                     let _ = connection.await;
@@ -96,25 +82,14 @@ impl PgBouncerTarget {
 
         let mut b = FamilyBuilder::default();
         let name = self.name.as_str();
-        b.gauge_named(
-            "loopwatch_pgbouncer_up",
-            "Whether the last poll of the PgBouncer admin console succeeded, sampled every interval.",
-            &[("target", name)],
-            1.0,
-        );
+        b.gauge(&families::PGBOUNCER_UP, &[name], 1.0);
         for row in &pools {
             let (database, user) = (text(row, "database"), text(row, "user"));
             for (column, state) in [("cl_active", "active"), ("cl_waiting", "waiting")] {
                 if let Some(n) = number(row, column) {
-                    b.gauge_named(
-                        "loopwatch_pgbouncer_clients",
-                        "Client connections of the pool by state, sampled every interval.",
-                        &[
-                            ("target", name),
-                            ("database", database),
-                            ("user", user),
-                            ("state", state),
-                        ],
+                    b.gauge(
+                        &families::PGBOUNCER_CLIENTS,
+                        &[name, database, user, state],
                         n,
                     );
                 }
@@ -127,55 +102,37 @@ impl PgBouncerTarget {
                 ("sv_login", "login"),
             ] {
                 if let Some(n) = number(row, column) {
-                    b.gauge_named(
-                        "loopwatch_pgbouncer_servers",
-                        "Server connections of the pool by state, sampled every interval.",
-                        &[
-                            ("target", name),
-                            ("database", database),
-                            ("user", user),
-                            ("state", state),
-                        ],
+                    b.gauge(
+                        &families::PGBOUNCER_SERVERS,
+                        &[name, database, user, state],
                         n,
                     );
                 }
             }
             let wait = number(row, "maxwait").unwrap_or(0.0)
                 + number(row, "maxwait_us").unwrap_or(0.0) / 1e6;
-            b.gauge_named(
-                "loopwatch_pgbouncer_max_wait_seconds",
-                "How long the oldest waiting client of the pool has waited, sampled every interval.",
-                &[("target", name), ("database", database), ("user", user)],
-                wait,
-            );
+            b.gauge(&families::PGBOUNCER_MAX_WAIT, &[name, database, user], wait);
         }
         for row in &databases {
-            let labels = [("target", name), ("database", text(row, "name"))];
+            let labels = [name, text(row, "name")];
             // Column names differ across PgBouncer versions; the first present wins.
-            for (columns, family, help) in [
-                (
-                    &["pool_size"][..],
-                    "loopwatch_pgbouncer_pool_size",
-                    "Server pool size of the database, sampled every interval.",
-                ),
+            for (columns, family) in [
+                (&["pool_size"][..], families::PGBOUNCER_POOL_SIZE),
                 (
                     &["reserve_pool_size", "reserve_pool"][..],
-                    "loopwatch_pgbouncer_reserve_pool_size",
-                    "Extra server connections a pool of the database may open when clients wait longer than reserve_pool_timeout, sampled every interval.",
+                    families::PGBOUNCER_RESERVE_POOL_SIZE,
                 ),
                 (
                     &["max_db_connections", "max_connections"][..],
-                    "loopwatch_pgbouncer_max_db_connections",
-                    "Server connections allowed to the database across its pools (0 means unlimited), sampled every interval.",
+                    families::PGBOUNCER_MAX_DB_CONNECTIONS,
                 ),
                 (
                     &["current_connections"][..],
-                    "loopwatch_pgbouncer_database_connections",
-                    "Server connections open to the database, sampled every interval.",
+                    families::PGBOUNCER_DATABASE_CONNECTIONS,
                 ),
             ] {
                 if let Some(n) = columns.iter().find_map(|c| number(row, c)) {
-                    b.gauge_named(family, help, &labels, n);
+                    b.gauge(&family, &labels, n);
                 }
             }
         }
@@ -183,10 +140,9 @@ impl PgBouncerTarget {
             // Catches waits that start and end between two polls, which
             // max_wait cannot see.
             if let Some(us) = number(row, "total_wait_time") {
-                b.counter_named(
-                    "loopwatch_pgbouncer_client_wait_seconds_total",
-                    "Time clients of the database spent waiting for a server connection (SHOW STATS total_wait_time), sampled every interval.",
-                    &[("target", name), ("database", text(row, "database"))],
+                b.counter(
+                    &families::PGBOUNCER_CLIENT_WAIT,
+                    &[name, text(row, "database")],
                     us / 1e6,
                 );
             }
@@ -196,31 +152,21 @@ impl PgBouncerTarget {
             .find(|r| text(r, "key") == "max_client_conn")
         {
             if let Some(n) = number(row, "value") {
-                b.gauge_named(
-                    "loopwatch_pgbouncer_max_client_connections",
-                    "PgBouncer's max_client_conn, sampled every interval.",
-                    &[("target", name)],
-                    n,
-                );
+                b.gauge(&families::PGBOUNCER_MAX_CLIENT_CONNECTIONS, &[name], n);
             }
         }
         Ok(b.finish())
     }
 }
 
-impl Periodic for PgBouncerTarget {
+impl Periodic for PgBouncerPoller {
     fn poll(&mut self) -> BoxFuture<'_, Result<Families, CollectError>> {
         Box::pin(self.sample())
     }
 
     fn down(&self) -> Families {
         let mut b = FamilyBuilder::default();
-        b.gauge_named(
-            "loopwatch_pgbouncer_up",
-            "Whether the last poll of the PgBouncer admin console succeeded, sampled every interval.",
-            &[("target", &self.name)],
-            0.0,
-        );
+        b.gauge(&families::PGBOUNCER_UP, &[&self.name], 0.0);
         b.finish()
     }
 }

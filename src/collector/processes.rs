@@ -17,7 +17,8 @@ use procfs::process::Stat;
 use regex::RegexSet;
 
 use super::{BoxFuture, Built, CollectError, Job, Periodic, Reason, Shared};
-use crate::config::ProcessGroupConfig;
+use crate::config::{ProcessGroup, ProcessMatchers};
+use crate::families;
 use crate::metrics::{Families, FamilyBuilder};
 
 /// A scan younger than this is shared by the groups polled at the same time.
@@ -209,7 +210,7 @@ fn scan_proc(root: &Path, with_cmdline: bool, with_exe: bool) -> std::io::Result
 
 /// Decides which processes belong to a group.
 #[derive(Debug)]
-pub struct Matcher {
+struct Matcher {
     comm: Vec<String>,
     exe: Vec<String>,
     cmdline: Option<RegexSet>,
@@ -217,19 +218,14 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    /// Builds a matcher from validated config (regexes are known to compile).
-    pub fn new(config: &ProcessGroupConfig) -> Result<Self, regex::Error> {
-        let m = &config.matchers;
-        Ok(Self {
+    /// Takes the resolved matchers (regexes compiled by config).
+    fn new(m: &ProcessMatchers) -> Self {
+        Self {
             comm: m.comm.clone(),
             exe: m.exe.clone(),
-            cmdline: if m.cmdline.is_empty() {
-                None
-            } else {
-                Some(RegexSet::new(&m.cmdline)?)
-            },
+            cmdline: m.cmdline.clone(),
             pid_file: m.pid_file.clone(),
-        })
+        }
     }
 
     fn matches(&self, p: &ProcInfo, pid_from_file: Option<i32>) -> bool {
@@ -305,7 +301,7 @@ struct Units {
     boot_time: f64,
 }
 
-pub struct ProcessGroup {
+struct GroupPoller {
     name: String,
     matcher: Arc<Matcher>,
     scanner: Arc<ProcScanner>,
@@ -313,10 +309,10 @@ pub struct ProcessGroup {
     units: Units,
 }
 
-pub fn build(groups: &[ProcessGroupConfig], shared: &Shared) -> Vec<Built> {
+pub fn build(groups: &[ProcessGroup], shared: &Shared) -> Vec<Built> {
     let scanner = &shared.proc_scanner;
     scanner.need_cmdline.store(
-        groups.iter().any(|g| !g.matchers.cmdline.is_empty()),
+        groups.iter().any(|g| g.matchers.cmdline.is_some()),
         Ordering::Relaxed,
     );
     scanner.need_exe.store(
@@ -330,29 +326,25 @@ pub fn build(groups: &[ProcessGroupConfig], shared: &Shared) -> Vec<Built> {
     };
     groups
         .iter()
-        .filter_map(|g| {
-            // Validation compiled every regex already.
-            let matcher = Matcher::new(g).ok()?;
-            Some(Built {
-                kind: "processes",
-                target: g.name.clone(),
-                job: Job::Periodic {
-                    interval: g.interval,
-                    timeout: g.timeout,
-                    collector: Box::new(ProcessGroup {
-                        name: g.name.clone(),
-                        matcher: Arc::new(matcher),
-                        scanner: scanner.clone(),
-                        state: Arc::default(),
-                        units,
-                    }),
-                },
-            })
+        .map(|g| Built {
+            kind: "processes",
+            target: g.name.clone(),
+            job: Job::Periodic {
+                interval: g.interval,
+                timeout: g.timeout,
+                collector: Box::new(GroupPoller {
+                    name: g.name.clone(),
+                    matcher: Arc::new(Matcher::new(&g.matchers)),
+                    scanner: scanner.clone(),
+                    state: Arc::default(),
+                    units,
+                }),
+            },
         })
         .collect()
 }
 
-impl Periodic for ProcessGroup {
+impl Periodic for GroupPoller {
     fn poll(&mut self) -> BoxFuture<'_, Result<Families, CollectError>> {
         let name = self.name.clone();
         let matcher = self.matcher.clone();
@@ -455,42 +447,28 @@ fn sample_group(
     state.cpu_seen = cpu_seen;
 
     let mut b = FamilyBuilder::default();
-    let labels = [("group", name)];
-    b.gauge_named(
-        "loopwatch_processes",
-        "Processes in the group (0 when none runs), sampled every interval.",
-        &labels,
-        members.len() as f64,
-    );
-    b.counter_named(
-        "loopwatch_process_cpu_seconds_total",
-        "CPU time (user and system) used by the group's processes, sampled every interval.",
+    let labels = [name];
+    b.gauge(&families::PROCESSES, &labels, members.len() as f64);
+    b.counter(
+        &families::PROCESS_CPU,
         &labels,
         state.cpu_ticks_total as f64 / units.ticks_per_second,
     );
-    b.counter_named(
-        "loopwatch_process_restarts_total",
-        "Processes that joined the group after loopwatch's first poll (restarts, crash loops, new workers), sampled every interval.",
-        &labels,
-        state.restarts as f64,
-    );
+    b.counter(&families::PROCESS_RESTARTS, &labels, state.restarts as f64);
     if !members.is_empty() {
         let sum = |f: fn(&ProcInfo) -> f64| members.iter().map(|p| f(p)).sum::<f64>();
-        b.gauge_named(
-            "loopwatch_process_resident_memory_bytes",
-            "Resident memory of the group's processes, summed, sampled every interval.",
+        b.gauge(
+            &families::PROCESS_RESIDENT_MEMORY,
             &labels,
             sum(|p| p.rss_pages as f64) * units.page_size,
         );
-        b.gauge_named(
-            "loopwatch_process_virtual_memory_bytes",
-            "Virtual memory of the group's processes, summed, sampled every interval.",
+        b.gauge(
+            &families::PROCESS_VIRTUAL_MEMORY,
             &labels,
             sum(|p| p.vsize as f64),
         );
-        b.gauge_named(
-            "loopwatch_process_threads",
-            "Threads of the group's processes, summed, sampled every interval.",
+        b.gauge(
+            &families::PROCESS_THREADS,
             &labels,
             sum(|p| p.threads as f64),
         );
@@ -499,9 +477,8 @@ fn sample_group(
             .map(|p| p.starttime)
             .min()
             .unwrap_or_default();
-        b.gauge_named(
-            "loopwatch_process_start_time_seconds",
-            "Unix start time of the group's oldest process, sampled every interval.",
+        b.gauge(
+            &families::PROCESS_START_TIME,
             &labels,
             units.boot_time + oldest as f64 / units.ticks_per_second,
         );
@@ -518,19 +495,9 @@ fn sample_group(
                 ratio(a).total_cmp(&ratio(b)).then(a.0.cmp(&b.0))
             });
         if let Some((open, limit)) = worst {
-            b.gauge_named(
-                "loopwatch_process_open_fds",
-                "Open file descriptors of the group's process closest to its limit, sampled every interval.",
-                &labels,
-                open as f64,
-            );
+            b.gauge(&families::PROCESS_OPEN_FDS, &labels, open as f64);
             if let Some(limit) = limit {
-                b.gauge_named(
-                    "loopwatch_process_max_fds",
-                    "File descriptor limit (soft) of the group's process closest to its limit, sampled every interval.",
-                    &labels,
-                    limit as f64,
-                );
+                b.gauge(&families::PROCESS_MAX_FDS, &labels, limit as f64);
             }
         }
     }
@@ -540,12 +507,7 @@ fn sample_group(
         ("permission_denied", state.errors.permission_denied),
         ("other", state.errors.other),
     ] {
-        b.counter_named(
-            "loopwatch_process_read_errors_total",
-            "/proc entries that could not be read while sampling the group (a process exiting mid-read, another user's process), by reason.",
-            &[("group", name), ("reason", reason)],
-            n as f64,
-        );
+        b.counter(&families::PROCESS_READ_ERRORS, &[name, reason], n as f64);
     }
     Ok(b.finish())
 }
@@ -553,16 +515,6 @@ fn sample_group(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ProcessMatchConfig;
-
-    fn group(matchers: ProcessMatchConfig) -> ProcessGroupConfig {
-        ProcessGroupConfig {
-            name: "g".into(),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            matchers,
-        }
-    }
 
     fn info(pid: i32, comm: &str, cmdline: &str, exe: &str) -> ProcInfo {
         ProcInfo {
@@ -580,12 +532,11 @@ mod tests {
 
     #[test]
     fn matcher_requires_every_kind_given() {
-        let m = Matcher::new(&group(ProcessMatchConfig {
+        let m = Matcher::new(&ProcessMatchers {
             comm: vec!["python3".into()],
-            cmdline: vec![r"worker\.py".into()],
+            cmdline: Some(RegexSet::new([r"worker\.py"]).expect("valid")),
             ..Default::default()
-        }))
-        .expect("valid");
+        });
         assert!(m.matches(
             &info(1, "python3", "python3 worker.py", "/usr/bin/python3"),
             None
@@ -596,11 +547,10 @@ mod tests {
         ));
         assert!(!m.matches(&info(1, "node", "node worker.py", "/usr/bin/node"), None));
 
-        let m = Matcher::new(&group(ProcessMatchConfig {
+        let m = Matcher::new(&ProcessMatchers {
             exe: vec!["python3".into(), "/opt/app/bin/app".into()],
             ..Default::default()
-        }))
-        .expect("valid");
+        });
         assert!(m.matches(&info(1, "x", "", "/usr/bin/python3"), None));
         assert!(m.matches(&info(1, "x", "", "/opt/app/bin/app"), None));
         assert!(!m.matches(&info(1, "x", "", "/usr/bin/app"), None));

@@ -9,7 +9,6 @@ use tokio::time::Instant;
 
 use super::{BoxFuture, Built, CollectError, Job, Shared, Streaming};
 use crate::config::RuntimeConfig;
-
 use crate::families::{RESERVED_APP as APP_NAME, RUNTIME_LOOP as LOOP_NAME};
 
 pub fn build(config: &RuntimeConfig, shared: &Shared) -> Option<Built> {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::collector::{BoxFuture, Built, CollectError, Job, Reason, Streaming};
-use crate::config::IngestConfig;
+use crate::config::ResolvedConfig;
 use crate::families::Transport;
 use crate::ingest::Ingest;
 
@@ -85,16 +85,12 @@ impl Drop for Receiver {
     }
 }
 
-pub fn build(config: &IngestConfig, ingest: &Arc<Ingest>, slot: &Arc<UdpSlot>) -> Built {
-    ingest.set_config(config.clone());
-    let address = config.udp_listen_address.clone();
+pub fn build(config: &ResolvedConfig, ingest: &Arc<Ingest>, slot: &Arc<UdpSlot>) -> Built {
+    ingest.set_config(config.ingest.clone());
+    let address = config.udp_listen_address;
     Built {
         kind: "ingest",
-        target: if address.is_empty() {
-            "http".to_owned()
-        } else {
-            "udp".to_owned()
-        },
+        target: if address.is_some() { "udp" } else { "http" }.to_owned(),
         job: Job::Streaming(Box::new(UdpIngest {
             address,
             ingest: ingest.clone(),
@@ -118,7 +114,8 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 }
 
 struct UdpIngest {
-    address: String,
+    /// `None`: UDP ingest is off (`POST /api/v1/events` stays).
+    address: Option<SocketAddr>,
     ingest: Arc<Ingest>,
     slot: Arc<UdpSlot>,
 }
@@ -156,16 +153,14 @@ fn receive(socket: std::net::UdpSocket, ingest: Arc<Ingest>, stop: Arc<AtomicBoo
 impl Streaming for UdpIngest {
     fn run(&mut self) -> BoxFuture<'_, Result<(), CollectError>> {
         Box::pin(async move {
-            let receiver = if self.address.is_empty() {
-                self.slot.clear();
-                None
-            } else {
-                let addr = crate::server::parse_listen_address(&self.address)
-                    .map_err(|e| CollectError::new(Reason::Other, e))?;
+            let receiver = if let Some(addr) = self.address {
                 let receiver = self.slot.get_or_bind(addr, &self.ingest).map_err(|e| {
                     CollectError::new(Reason::Io, format!("cannot bind UDP {addr}: {e}"))
                 })?;
                 Some(receiver)
+            } else {
+                self.slot.clear();
+                None
             };
             let mut sweep = tokio::time::interval(SWEEP_EVERY);
             loop {

@@ -1142,7 +1142,10 @@ mod fuzz {
             }
         }
         let text = String::from_utf8(crate::metrics::encode(&registry)).expect("utf8");
-        let counted = crate::metrics::tests::sample(&text, r#"loopwatch_ingest_messages_total{transport="udp"}"#);
+        let counted = crate::metrics::tests::sample(
+            &text,
+            r#"loopwatch_ingest_messages_total{transport="udp"}"#,
+        );
         assert_eq!(counted as usize, corpus.lines().count());
         assert!(!text.contains(r#"app_name="loopwatch""#), "{text}");
         assert!(accepted >= 1, "the well-formed one is accepted");

@@ -320,6 +320,15 @@ impl Exporter {
         Self::launch(full_args, dir, path, udp_port)
     }
 
+    /// Starts loopwatch on the embedded default config, as a user runs it
+    /// (UDP ingest on the default 127.0.0.1:10071, which only one test may
+    /// use at a time).
+    pub fn start_default(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        Self::launch(args, dir, PathBuf::new(), Some(10071))
+    }
+
     /// `udp://127.0.0.1:{udp_port}`, for an app's `LOOPWATCH_TARGET`.
     pub fn udp_target(&self) -> String {
         let port = self
@@ -428,10 +437,43 @@ impl Drop for Exporter {
 /// The value of the one sample whose series starts with `series` (name and
 /// labels as printed), if any.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
+    let want = canonical(series);
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         let (name, value) = l.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
+        (canonical(name) == want).then(|| value.parse().ok())?
     })
+}
+
+/// A series with its labels sorted by name: the order labels print in is
+/// not part of a series' identity.
+fn canonical(series: &str) -> (String, Vec<(String, String)>) {
+    let Some((name, rest)) = series.split_once('{') else {
+        return (series.to_owned(), Vec::new());
+    };
+    let body = rest.strip_suffix('}').unwrap_or(rest);
+    let mut labels = Vec::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        chars.next(); // the opening quote
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => value.extend(chars.next()),
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.push((key.trim_start_matches(',').to_owned(), value));
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    labels.sort();
+    (name.to_owned(), labels)
 }
 
 /// Polls `/metrics` until `pred` holds or the time runs out.
@@ -715,38 +757,6 @@ pub fn signal_pid(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid} failed");
 }
 
-/// A sample line's series: its name and its labels sorted by name, so the
-/// same series printed by two sources in different label order is seen as one.
-fn series_key(line: &str) -> Option<(String, Vec<(String, String)>)> {
-    let (series, _value) = line.rsplit_once(' ')?;
-    let Some((name, rest)) = series.split_once('{') else {
-        return Some((series.to_owned(), Vec::new()));
-    };
-    let mut labels = Vec::new();
-    let mut chars = rest.chars().peekable();
-    loop {
-        let label: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        let label = label.trim_start_matches(',').to_owned();
-        if label.is_empty() || label == "}" {
-            break;
-        }
-        if chars.next() != Some('"') {
-            return None;
-        }
-        let mut value = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => value.extend(chars.next()),
-                '"' => break,
-                c => value.push(c),
-            }
-        }
-        labels.push((label, value));
-    }
-    labels.sort();
-    Some((name.to_owned(), labels))
-}
-
 /// Fails on a series printed twice, or a family's `# TYPE` printed twice.
 pub fn assert_no_duplicate_samples(text: &str) {
     let mut seen = std::collections::HashSet::new();
@@ -762,8 +772,13 @@ pub fn assert_no_duplicate_samples(text: &str) {
         if line.starts_with('#') || line.is_empty() {
             continue;
         }
-        let key = series_key(line).unwrap_or_else(|| panic!("unparsable sample line: {line}"));
-        assert!(seen.insert(key), "duplicate sample: {line}\n{text}");
+        let (series, _value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("unparsable sample line: {line}"));
+        assert!(
+            seen.insert(canonical(series)),
+            "duplicate sample: {line}\n{text}"
+        );
     }
 }
 

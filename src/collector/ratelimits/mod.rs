@@ -11,40 +11,17 @@
 pub mod headers;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Certificate, Client, Method, StatusCode, Url};
+use reqwest::{Client, Method, StatusCode, Url};
 
-use super::{BoxFuture, Built, CollectError, Job, Periodic, Reason};
-use crate::config::{HttpMethod, RateLimitKind, RateLimitTargetConfig, TokenConfig, secret};
-use crate::ingest::protocol::ThrottleKind;
+use super::{BoxFuture, BuildError, Built, CollectError, Job, Periodic, Reason};
+use crate::config::{HttpMethod, RateLimitKind, RateLimitTarget};
+use crate::error::Chain;
+use crate::families::{self, ThrottleKind};
 use crate::metrics::{Families, FamilyBuilder, unix_now};
 
-/// The families, shared with the rate limits apps report (`ingest`).
-pub const LIMIT: (&str, &str) = (
-    "loopwatch_ratelimit_limit",
-    "Requests allowed per rate-limit window, as last observed.",
-);
-pub const REMAINING: (&str, &str) = (
-    "loopwatch_ratelimit_remaining",
-    "Requests left in the rate-limit window, as last observed.",
-);
-pub const RESET: (&str, &str) = (
-    "loopwatch_ratelimit_reset_timestamp_seconds",
-    "Unix time when the rate-limit window resets, as last observed.",
-);
-pub const OBSERVED: (&str, &str) = (
-    "loopwatch_ratelimit_observed_timestamp_seconds",
-    "Unix time of the latest observation of the rate limit; kept while polls fail, so time() minus it is the age of what the other ratelimit series show.",
-);
-pub const THROTTLED: (&str, &str) = (
-    "loopwatch_ratelimit_throttled_total",
-    "Requests the API refused for its rate limit, by kind: primary (budget exhausted) or secondary (GitHub's secondary limits, or a 429 while budget remains).",
-);
-
-const GITHUB_API: &str = "https://api.github.com";
 /// The `token` label of a target without tokens.
 const ANONYMOUS: &str = "anonymous";
 /// The longest wait a `Retry-After` or reset may impose before the next poll.
@@ -54,34 +31,9 @@ const MAX_ERROR_BODY: usize = 4096;
 /// GitHub returns a dozen resources; more than this is not a rate-limit answer.
 const MAX_RESOURCES: usize = 64;
 
-/// An `http(s)` URL without credentials (they would leak into errors).
-pub fn parse_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("{text:?} must be an http or https URL"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not contain credentials: give them as tokens".to_owned());
-    }
-    Ok(url)
-}
-
-/// Extra CA certificates from a PEM file.
-pub fn read_ca_file(path: &Path) -> Result<Vec<Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("{} holds no PEM certificate: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
-    }
-    Ok(certs)
-}
-
 /// The `{api, token}` label pairs these targets poll, which apps may not
 /// report too (the same series twice would be an invalid exposition).
-pub fn polled_budgets(
-    targets: &[RateLimitTargetConfig],
-) -> std::collections::HashSet<(String, String)> {
+pub fn polled_budgets(targets: &[RateLimitTarget]) -> std::collections::HashSet<(String, String)> {
     targets
         .iter()
         .flat_map(|t| {
@@ -95,21 +47,16 @@ pub fn polled_budgets(
         .collect()
 }
 
-pub fn build(targets: &[RateLimitTargetConfig]) -> Vec<Built> {
+pub fn build(targets: &[RateLimitTarget]) -> Result<Vec<Built>, BuildError> {
     let mut built = Vec::new();
     for t in targets {
-        let shared = Target::new(t);
-        let tokens: Vec<(String, Result<Option<HeaderValue>, String>)> = if t.tokens.is_empty() {
-            vec![(ANONYMOUS.to_owned(), Ok(None))]
+        let shared = Target::new(t)?;
+        let tokens: Vec<(String, Option<HeaderValue>)> = if t.tokens.is_empty() {
+            vec![(ANONYMOUS.to_owned(), None)]
         } else {
             t.tokens
                 .iter()
-                .map(|tc| {
-                    (
-                        tc.name.clone(),
-                        auth_value(&shared.token_prefix, tc).map(Some),
-                    )
-                })
+                .map(|token| (token.name.clone(), Some(token.header_value.clone())))
                 .collect()
         };
         let n = tokens.len() as u32;
@@ -135,17 +82,7 @@ pub fn build(targets: &[RateLimitTargetConfig]) -> Vec<Built> {
             });
         }
     }
-    built
-}
-
-/// The token header's value, marked sensitive so that it is never printed.
-fn auth_value(prefix: &str, token: &TokenConfig) -> Result<HeaderValue, String> {
-    let secret = secret::resolve(token.token.as_deref(), token.token_file.as_deref())?
-        .ok_or_else(|| "no token given".to_owned())?;
-    let mut value = HeaderValue::from_str(&format!("{prefix}{}", secret.expose()))
-        .map_err(|_| "the token cannot be sent in a header".to_owned())?;
-    value.set_sensitive(true);
-    Ok(value)
+    Ok(built)
 }
 
 /// What the tokens of one configured API share.
@@ -153,58 +90,44 @@ fn auth_value(prefix: &str, token: &TokenConfig) -> Result<HeaderValue, String> 
 struct Target {
     api: String,
     kind: RateLimitKind,
-    /// The URL requested, or why there is none.
-    url: Result<Url, String>,
-    client: Result<Client, String>,
+    /// The URL requested.
+    url: Url,
+    client: Client,
     method: Method,
     resource: Option<String>,
     names: headers::Names,
     token_header: HeaderName,
-    token_prefix: String,
 }
 
 impl Target {
-    fn new(t: &RateLimitTargetConfig) -> Self {
+    fn new(t: &RateLimitTarget) -> Result<Self, BuildError> {
         let url = match t.kind {
             RateLimitKind::Github => {
-                parse_url(t.url.as_deref().unwrap_or(GITHUB_API)).map(|mut base| {
-                    let path = format!("{}/rate_limit", base.path().trim_end_matches('/'));
-                    base.set_path(&path);
-                    base
-                })
+                let mut url = t.url.clone();
+                let path = format!("{}/rate_limit", url.path().trim_end_matches('/'));
+                url.set_path(&path);
+                url
             }
-            RateLimitKind::Http => t
-                .url
-                .as_deref()
-                .ok_or_else(|| "no url".to_owned())
-                .and_then(parse_url),
+            RateLimitKind::Http => t.url.clone(),
         };
-        let client = (|| {
-            let mut builder = Client::builder()
-                .user_agent(concat!("loopwatch/", env!("CARGO_PKG_VERSION")))
-                .timeout(t.timeout)
-                .connect_timeout(Duration::from_secs(3).min(t.timeout))
-                .redirect(reqwest::redirect::Policy::limited(3));
-            if let Some(path) = &t.ca_file {
-                for cert in read_ca_file(path)? {
-                    builder = builder.add_root_certificate(cert);
-                }
-            }
-            builder
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))
-        })();
-        let token_header = t
-            .token_header
-            .as_deref()
-            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
-            .unwrap_or(reqwest::header::AUTHORIZATION);
-        Self {
+        let mut builder = Client::builder()
+            .user_agent(concat!("loopwatch/", env!("CARGO_PKG_VERSION")))
+            .timeout(t.timeout)
+            .connect_timeout(Duration::from_secs(3).min(t.timeout))
+            .redirect(reqwest::redirect::Policy::limited(3));
+        for cert in &t.ca_certificates {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+        let client = builder.build().map_err(|source| BuildError::HttpClient {
+            target: t.name.clone(),
+            source,
+        })?;
+        Ok(Self {
             api: t.name.clone(),
             kind: t.kind,
             url,
             client,
-            method: match t.method.unwrap_or_default() {
+            method: match t.method {
                 HttpMethod::Get => Method::GET,
                 HttpMethod::Head => Method::HEAD,
             },
@@ -213,14 +136,10 @@ impl Target {
                 limit: t.limit_header.clone(),
                 remaining: t.remaining_header.clone(),
                 reset: t.reset_header.clone(),
-                reset_format: t.reset_format.unwrap_or_default(),
+                reset_format: t.reset_format,
             },
-            token_header,
-            token_prefix: t
-                .token_prefix
-                .clone()
-                .unwrap_or_else(|| "Bearer ".to_owned()),
-        }
+            token_header: t.token_header.clone(),
+        })
     }
 }
 
@@ -237,7 +156,7 @@ struct TokenPoller {
     target: Target,
     token: String,
     /// The `token_header` value, marked sensitive; `None` for anonymous polls.
-    auth: Result<Option<HeaderValue>, String>,
+    auth: Option<HeaderValue>,
     /// The latest successful reading per resource; cleared when a poll fails.
     resources: BTreeMap<String, Reading>,
     /// Unix time of each resource's latest reading; kept when polls fail.
@@ -256,59 +175,50 @@ impl TokenPoller {
         let api = self.target.api.as_str();
         let token = self.token.as_str();
         for (resource, r) in &self.resources {
-            let labels = [
-                ("api", api),
-                ("resource", resource.as_str()),
-                ("token", token),
-            ];
+            let labels = [api, resource.as_str(), token];
             if let Some(limit) = r.limit {
-                b.gauge_named(LIMIT.0, LIMIT.1, &labels, limit);
+                b.gauge(&families::RATELIMIT_LIMIT, &labels, limit);
             }
-            b.gauge_named(REMAINING.0, REMAINING.1, &labels, r.remaining);
+            b.gauge(&families::RATELIMIT_REMAINING, &labels, r.remaining);
             if let Some(reset) = r.reset {
-                b.gauge_named(RESET.0, RESET.1, &labels, reset);
+                b.gauge(&families::RATELIMIT_RESET, &labels, reset);
             }
         }
         for (resource, at) in &self.observed {
-            let labels = [
-                ("api", api),
-                ("resource", resource.as_str()),
-                ("token", token),
-            ];
-            b.gauge_named(OBSERVED.0, OBSERVED.1, &labels, *at);
+            b.gauge(
+                &families::RATELIMIT_OBSERVED,
+                &[api, resource.as_str(), token],
+                *at,
+            );
         }
         // Every budget seen has both counters from 0, so rate() sees the first refusal.
         let mut throttled = self.throttled.clone();
         for resource in self.observed.keys() {
-            for kind in [ThrottleKind::Primary, ThrottleKind::Secondary].map(ThrottleKind::as_str) {
+            for kind in ThrottleKind::ALL.map(ThrottleKind::as_str) {
                 throttled.entry((resource.clone(), kind)).or_default();
             }
         }
         for ((resource, kind), n) in &throttled {
-            // In name order, as the same family from apps' reports prints them.
-            let labels = [
-                ("api", api),
-                ("kind", kind),
-                ("resource", resource.as_str()),
-                ("token", token),
-            ];
-            b.counter_named(THROTTLED.0, THROTTLED.1, &labels, *n as f64);
+            b.counter(
+                &families::RATELIMIT_THROTTLED,
+                &[api, resource.as_str(), token, kind],
+                *n as f64,
+            );
         }
         b.finish()
     }
 
     async fn request(&self) -> Result<reqwest::Response, CollectError> {
-        let other = |e: &String| CollectError::new(Reason::Other, e.clone());
-        let url = self.target.url.as_ref().map_err(other)?;
-        let client = self.target.client.as_ref().map_err(other)?;
-        let auth = self.auth.as_ref().map_err(other)?;
-        let mut request = client.request(self.target.method.clone(), url.clone());
+        let mut request = self
+            .target
+            .client
+            .request(self.target.method.clone(), self.target.url.clone());
         if self.target.kind == RateLimitKind::Github {
             request = request
                 .header(reqwest::header::ACCEPT, "application/vnd.github+json")
                 .header("X-GitHub-Api-Version", "2022-11-28");
         }
-        if let Some(auth) = auth {
+        if let Some(auth) = &self.auth {
             request = request.header(self.target.token_header.clone(), auth.clone());
         }
         request.send().await.map_err(|e| transport_error(&e))
@@ -547,14 +457,7 @@ fn transport_error(e: &reqwest::Error) -> CollectError {
         Reason::Other
     };
     // The chain names the cause ("Connection refused"); the URL carries no token.
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    CollectError::new(reason, text)
+    CollectError::new(reason, Chain(e).to_string())
 }
 
 impl Periodic for TokenPoller {
@@ -621,14 +524,6 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn urls_must_be_http_without_credentials() {
-        assert!(parse_url("https://github.example.com/api/v3").is_ok());
-        assert!(parse_url("ftp://x").is_err());
-        assert!(parse_url("https://user:secret@x").is_err());
-        assert!(parse_url("not a url").is_err());
     }
 
     #[test]

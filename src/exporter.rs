@@ -1,49 +1,46 @@
-//! Wiring: builds the two runtimes, the registry, the collectors and the
-//! server; handles SIGHUP (reload) and SIGTERM/SIGINT (shutdown).
+//! The exporter's wiring: builds the two runtimes, the registry, the
+//! collectors and the server; handles SIGHUP (reload) and SIGTERM/SIGINT
+//! (shutdown).
 //!
 //! Collectors run on a multi-thread runtime of their own; the HTTP server runs
 //! on a separate single-thread runtime, so it keeps answering, and reports
-//! the stall, when the collector runtime is blocked.
+//! the stall, when the collector runtime is blocked. A reload reads, resolves
+//! and builds on a blocking thread of the collector runtime, never on the
+//! server's.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, GaugeVec, IntCounterVec, Registry};
+use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 
-use crate::collector::{Driver, Shared, build_collectors};
-use crate::config::{self, ValidConfig};
+use crate::collector::{BuildError, Driver, Shared, build_collectors};
+use crate::config::{self, ResolvedConfig, WebFlags};
+use crate::error::Chain;
+use crate::families;
 use crate::ingest::Ingest;
 use crate::metrics::register_build_info;
 use crate::self_process::SelfProcess;
-use crate::server::{self, AppState};
+use crate::server::{self, ServerState};
 use crate::watchdog::Watchdog;
 
 /// How long connections get to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Web settings given on the command line; they win over the config file.
-#[derive(Debug, Clone, Default)]
-pub struct WebFlags {
-    pub listen_addresses: Vec<String>,
-    pub telemetry_path: Option<String>,
-    pub max_requests: Option<usize>,
-    pub disable_exporter_metrics: bool,
-}
-
 pub struct Settings {
-    pub config: ValidConfig,
+    /// The configuration loaded at start, with `web` merged in.
+    pub config: ResolvedConfig,
     /// The file SIGHUP reloads; `None` for the embedded default.
     pub config_path: Option<PathBuf>,
+    /// The command-line flags, merged again into each reloaded config.
     pub web: WebFlags,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("{0}")]
-    Usage(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -54,55 +51,32 @@ pub enum RunError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Build(#[from] BuildError),
 }
 
 struct ReloadMetrics {
-    successful: IntGauge,
+    successful: Gauge,
     success_time: Gauge,
     reloads: IntCounterVec,
 }
 
 impl ReloadMetrics {
     fn register(registry: &Registry) -> Self {
-        let successful = IntGauge::new(
-            "loopwatch_config_last_reload_successful",
-            "Whether the last configuration load or reload succeeded (1) or was rejected (0).",
-        )
-        .expect("valid metric");
-        let success_time = Gauge::new(
-            "loopwatch_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful configuration load or reload.",
-        )
-        .expect("valid metric");
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "loopwatch_config_reloads_total",
-                "Configuration reloads (SIGHUP), by result.",
-            ),
-            &["result"],
-        )
-        .expect("valid metric");
+        let gauge = |g: GaugeVec| g.with_label_values::<&str>(&[]);
+        let reloads = families::CONFIG_RELOADS.int_counter_vec(registry);
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
-        registry
-            .register(Box::new(successful.clone()))
-            .expect("registered once");
-        registry
-            .register(Box::new(success_time.clone()))
-            .expect("registered once");
-        registry
-            .register(Box::new(reloads.clone()))
-            .expect("registered once");
         Self {
-            successful,
-            success_time,
+            successful: gauge(families::CONFIG_LAST_RELOAD_SUCCESSFUL.gauge_vec(registry)),
+            success_time: gauge(families::CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP.gauge_vec(registry)),
             reloads,
         }
     }
 
     fn loaded(&self) {
-        self.successful.set(1);
+        self.successful.set(1.0);
         self.success_time.set(crate::metrics::unix_now());
     }
 }
@@ -112,21 +86,21 @@ pub struct Exporter {
     pub registry: Registry,
     pub driver: Arc<Driver>,
     pub shared: Shared,
+    /// The collector runtime, where reloads run.
+    collect: Handle,
     reload_metrics: ReloadMetrics,
+    /// One reload at a time: a burst of SIGHUPs applies them in turn.
+    reloading: Mutex<()>,
 }
 
 impl Exporter {
     /// Registers every metric and starts the collectors of `config` on
     /// `collect`, the collector runtime.
-    pub fn start(
-        config: &ValidConfig,
-        collect: tokio::runtime::Handle,
-        exporter_metrics: bool,
-    ) -> Self {
+    pub fn start(config: &ResolvedConfig, collect: Handle) -> Result<Self, BuildError> {
         let registry = Registry::new();
         register_build_info(&registry);
         crate::logging::register_metrics(&registry);
-        if exporter_metrics {
+        if config.web.exporter_metrics {
             registry
                 .register(Box::new(SelfProcess::new()))
                 .expect("registered once");
@@ -135,7 +109,7 @@ impl Exporter {
         let ingest = Arc::new(Ingest::register(
             &registry,
             watchdog.clone(),
-            config.get().ingest.clone(),
+            config.ingest.clone(),
         ));
         let shared = Shared {
             watchdog,
@@ -144,64 +118,91 @@ impl Exporter {
             proc_scanner: Arc::default(),
         };
         let reload_metrics = ReloadMetrics::register(&registry);
-        let driver = Arc::new(Driver::new(collect, &registry));
-        driver.replace(build_collectors(config.get(), &shared));
+        let driver = Arc::new(Driver::new(collect.clone(), &registry));
+        driver.replace(build_collectors(config, &shared)?);
         reload_metrics.loaded();
-        Self {
+        Ok(Self {
             registry,
             driver,
             shared,
+            collect,
             reload_metrics,
-        }
+            reloading: Mutex::new(()),
+        })
     }
 
-    /// Replaces the collectors with those of a new configuration.
-    pub fn apply(&self, config: &ValidConfig) {
-        self.driver
-            .replace(build_collectors(config.get(), &self.shared));
+    /// Replaces the collectors with those of a new configuration; a
+    /// configuration whose collectors cannot be built is rejected and the
+    /// running collectors stay.
+    pub fn apply(&self, config: &ResolvedConfig) -> Result<(), BuildError> {
+        let built = build_collectors(config, &self.shared).inspect_err(|_| self.reject())?;
+        self.driver.replace(built);
         self.reload_metrics.loaded();
         self.reload_metrics
             .reloads
             .with_label_values(&["success"])
             .inc();
+        Ok(())
     }
 
     /// Records a rejected reload; the running collectors stay.
     pub fn reject(&self) {
-        self.reload_metrics.successful.set(0);
+        self.reload_metrics.successful.set(0.0);
         self.reload_metrics
             .reloads
             .with_label_values(&["failure"])
             .inc();
     }
+
+    /// Reloads off the caller's runtime: reading files, resolving secrets,
+    /// parsing certificates and building clients block, and the HTTP
+    /// runtime must stay responsive.
+    pub fn reload_in_background(self: &Arc<Self>, settings: &Arc<Settings>) {
+        let (exporter, settings) = (self.clone(), settings.clone());
+        self.collect
+            .spawn_blocking(move || exporter.reload(&settings));
+    }
+
+    /// Loads, resolves and applies the configuration file again. Blocking.
+    pub fn reload(&self, settings: &Settings) {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let path = settings.config_path.as_deref();
+        if path.is_none() {
+            tracing::info!(
+                "Received SIGHUP; running on the embedded default config, nothing to reload"
+            );
+        }
+        let shown = path.map_or_else(|| "<default>".to_owned(), |p| p.display().to_string());
+        match config::load(path, &settings.web) {
+            Ok(new) => {
+                if new.web != settings.config.web {
+                    tracing::warn!("Changes to the web section take effect after a restart");
+                }
+                match self.apply(&new) {
+                    Ok(()) => {
+                        tracing::info!(config = %shown, summary = %new.summary(), "Reloaded the configuration")
+                    }
+                    Err(e) => {
+                        tracing::error!(config = %shown, error = %Chain(&e), "Rejected the new configuration; the old one keeps running")
+                    }
+                }
+            }
+            Err(e) => {
+                self.reject();
+                for problem in &e.problems {
+                    tracing::error!(config = %shown, problem = %problem, "Rejected the new configuration; the old one keeps running");
+                }
+            }
+        }
+    }
 }
 
 /// Runs the exporter until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> Result<(), RunError> {
-    let file_web = &settings.config.get().web;
-    let listen = if settings.web.listen_addresses.is_empty() {
-        file_web.listen_addresses.clone()
-    } else {
-        settings.web.listen_addresses.clone()
-    };
-    let telemetry_path = settings
-        .web
-        .telemetry_path
-        .clone()
-        .unwrap_or_else(|| file_web.telemetry_path.clone());
-    if !telemetry_path.starts_with('/') || telemetry_path == "/" {
-        return Err(RunError::Usage(format!(
-            "--web.telemetry-path {telemetry_path:?} must start with / and not be /"
-        )));
-    }
-    let max_requests = settings.web.max_requests.unwrap_or(file_web.max_requests);
-    let exporter_metrics =
-        !(settings.web.disable_exporter_metrics || file_web.disable_exporter_metrics);
-
+    let web = &settings.config.web;
     // Bind first: a port in use ends the start before anything runs.
     let mut listeners = Vec::new();
-    for text in &listen {
-        let addr = server::parse_listen_address(text).map_err(RunError::Usage)?;
+    for &addr in &web.listen_addresses {
         let listener = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|source| RunError::Listen { addr, source })?;
@@ -209,7 +210,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
     }
 
     let collect_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.config.get().runtime.worker_threads)
+        .worker_threads(settings.config.runtime.worker_threads)
         .thread_name("loopwatch-collect")
         .enable_all()
         .build()
@@ -228,22 +229,22 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
     let exporter = Arc::new(Exporter::start(
         &settings.config,
         collect_rt.handle().clone(),
-        exporter_metrics,
-    ));
-    let state = Arc::new(AppState {
+    )?);
+    let state = Arc::new(ServerState {
         registry: exporter.registry.clone(),
         driver: exporter.driver.clone(),
         ingest: exporter.shared.ingest.clone(),
-        telemetry_path,
-        scrape_slots: (max_requests > 0).then(|| Arc::new(Semaphore::new(max_requests))),
+        telemetry_path: web.telemetry_path.clone(),
+        scrape_slots: web.max_requests.map(|n| Arc::new(Semaphore::new(n))),
     });
     tracing::info!(
-        version = crate::metrics::build::VERSION,
+        version = crate::version::VERSION,
         config = settings.config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<default>".into()),
         summary = %settings.config.summary(),
         "Starting loopwatch"
     );
 
+    let settings = Arc::new(settings);
     let result = server_rt.block_on(serve(listeners, state, exporter.clone(), settings));
     exporter.driver.stop_all();
     collect_rt.shutdown_timeout(Duration::from_secs(1));
@@ -252,11 +253,11 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
 
 async fn serve(
     listeners: Vec<std::net::TcpListener>,
-    state: Arc<AppState>,
+    state: Arc<ServerState>,
     exporter: Arc<Exporter>,
-    settings: Settings,
+    settings: Arc<Settings>,
 ) -> Result<(), RunError> {
-    let router = server::app(state);
+    let router = server::router(state);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -276,7 +277,7 @@ async fn serve(
                 .with_graceful_shutdown(shutdown)
                 .await
             {
-                tracing::error!(error = %e, "HTTP server failed");
+                tracing::error!(error = %Chain(&e), "HTTP server failed");
             }
         });
     }
@@ -294,8 +295,8 @@ async fn serve(
     Ok(())
 }
 
-/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-async fn wait_for_signals(exporter: &Exporter, settings: &Settings) {
+/// Reloads on SIGHUP (off this runtime); returns on SIGTERM or SIGINT.
+async fn wait_for_signals(exporter: &Arc<Exporter>, settings: &Arc<Settings>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -309,34 +310,7 @@ async fn wait_for_signals(exporter: &Exporter, settings: &Settings) {
         tokio::select! {
             _ = term.recv() => { tracing::info!(signal = "SIGTERM", "Shutting down"); return; }
             _ = int.recv() => { tracing::info!(signal = "SIGINT", "Shutting down"); return; }
-            _ = hup.recv() => reload(exporter, settings),
-        }
-    }
-}
-
-fn reload(exporter: &Exporter, settings: &Settings) {
-    let Some(path) = &settings.config_path else {
-        tracing::info!(
-            "Received SIGHUP; running on the embedded default config, nothing to reload"
-        );
-        exporter.apply(&settings.config);
-        return;
-    };
-    match config::load_file(path) {
-        Ok(new) => {
-            if new.get().web.listen_addresses != settings.config.get().web.listen_addresses
-                || new.get().web.telemetry_path != settings.config.get().web.telemetry_path
-            {
-                tracing::warn!("Changes to the web section take effect after a restart");
-            }
-            exporter.apply(&new);
-            tracing::info!(config = %path.display(), summary = %new.summary(), "Reloaded the configuration");
-        }
-        Err(e) => {
-            exporter.reject();
-            for problem in &e.problems {
-                tracing::error!(config = %path.display(), problem = %problem, "Rejected the new configuration; the old one keeps running");
-            }
+            _ = hup.recv() => exporter.reload_in_background(settings),
         }
     }
 }

@@ -1,0 +1,200 @@
+//! The `postgres` and `pgbouncer` sections resolved: a built
+//! [`tokio_postgres::Config`] per target, with `${ENV}` expanded, the
+//! password read once from `password`/`password_file`, and the session
+//! limits that protect the database from its monitoring.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::error::Problems;
+use super::schema::{PgBouncerTargetConfig, PostgresTargetConfig};
+use super::secret::{self, Secret, SecretError};
+use super::validate::{check_label_value, check_schedule};
+
+/// A PostgreSQL server to poll.
+#[derive(Debug, Clone)]
+pub struct PostgresTarget {
+    /// The `target` label value.
+    pub name: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// How long a connection attempt may take (as given, else 3s but at most `timeout`).
+    pub connect_timeout: Duration,
+    /// Connection settings, password included (its `Debug` redacts it).
+    pub connection: tokio_postgres::Config,
+    pub max_connections: usize,
+    pub slow_query_threshold: Duration,
+    pub max_connection_series: usize,
+}
+
+/// A PgBouncer admin console to poll.
+#[derive(Debug, Clone)]
+pub struct PgBouncerTarget {
+    /// The `target` label value.
+    pub name: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Connection settings of the admin console (dbname `pgbouncer` unless given).
+    pub connection: tokio_postgres::Config,
+}
+
+/// Why a target's connection settings could not be built; each names its key.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("{0}")]
+    DsnEnv(SecretError),
+    /// The parser's messages never echo the DSN, so no password leaks through them.
+    #[error("is not a PostgreSQL connection string: {0}")]
+    DsnSyntax(tokio_postgres::Error),
+    #[error("{0}")]
+    Password(SecretError),
+    #[error("the password is given both in the dsn and in password/password_file")]
+    PasswordTwice,
+}
+
+impl ConnectionError {
+    fn key(&self) -> &'static str {
+        match self {
+            ConnectionError::DsnEnv(_) | ConnectionError::DsnSyntax(_) => "dsn",
+            ConnectionError::Password(e) => e.key("password", "password_file"),
+            ConnectionError::PasswordTwice => "password",
+        }
+    }
+}
+
+/// The connection timeout in effect: as given, else 3s but at most `timeout`.
+fn connect_timeout(given: Option<Duration>, timeout: Duration) -> Duration {
+    given.unwrap_or(Duration::from_secs(3).min(timeout))
+}
+
+/// A connection string with `${ENV}` expanded and the password from
+/// `password`/`password_file`.
+fn connection(
+    dsn: &Secret,
+    password: Option<&Secret>,
+    password_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres::Config, ConnectionError> {
+    let dsn = secret::expand_env(dsn.expose()).map_err(ConnectionError::DsnEnv)?;
+    let mut config = tokio_postgres::Config::from_str(&dsn).map_err(ConnectionError::DsnSyntax)?;
+    if let Some(password) =
+        secret::resolve(password, password_file).map_err(ConnectionError::Password)?
+    {
+        if config.get_password().is_some() {
+            return Err(ConnectionError::PasswordTwice);
+        }
+        config.password(password.expose());
+    }
+    config.application_name("loopwatch");
+    Ok(config)
+}
+
+/// The checks both sections share: name, schedule, connect timeout.
+fn check_common<'a>(
+    problems: &mut Problems,
+    seen: &mut HashSet<&'a str>,
+    path: &str,
+    name: &'a str,
+    (interval, timeout, connect_timeout): (Duration, Duration, Option<Duration>),
+) {
+    check_label_value(problems, format!("{path}.name"), name);
+    if !seen.insert(name) {
+        problems.push(
+            format!("{path}.name"),
+            format!("{name:?} is used by an earlier target"),
+        );
+    }
+    check_schedule(problems, path, interval, timeout);
+    if connect_timeout.is_some_and(|c| c.is_zero() || c > timeout) {
+        problems.push(
+            format!("{path}.connect_timeout"),
+            "must be above 0 and not longer than timeout",
+        );
+    }
+}
+
+pub(super) fn resolve_postgres(
+    targets: &[PostgresTargetConfig],
+    problems: &mut Problems,
+) -> Vec<PostgresTarget> {
+    let mut seen = HashSet::new();
+    let mut resolved = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let path = format!("postgres[{i}]");
+        check_common(
+            problems,
+            &mut seen,
+            &path,
+            &t.name,
+            (t.interval, t.timeout, t.connect_timeout),
+        );
+        let connection = connection(&t.dsn, t.password.as_ref(), t.password_file.as_deref())
+            .map_err(|e| problems.push(format!("{path}.{}", e.key()), e));
+        if t.max_connections == 0 || t.max_connections > 10 {
+            problems.push(
+                format!("{path}.max_connections"),
+                "must be between 1 and 10: the exporter must not become the outage",
+            );
+        }
+        if t.max_connection_series == 0 || t.max_connection_series > 10_000 {
+            problems.push(
+                format!("{path}.max_connection_series"),
+                "must be between 1 and 10000",
+            );
+        }
+        let connect_timeout = connect_timeout(t.connect_timeout, t.timeout);
+        if let Ok(mut connection) = connection {
+            let statement_timeout = t.statement_timeout.unwrap_or(t.timeout);
+            connection.connect_timeout(connect_timeout).options(format!(
+                "-c statement_timeout={} -c lock_timeout={}",
+                statement_timeout.as_millis(),
+                t.lock_timeout.as_millis(),
+            ));
+            resolved.push(PostgresTarget {
+                name: t.name.clone(),
+                interval: t.interval,
+                timeout: t.timeout,
+                connect_timeout,
+                connection,
+                max_connections: t.max_connections,
+                slow_query_threshold: t.slow_query_threshold,
+                max_connection_series: t.max_connection_series,
+            });
+        }
+    }
+    resolved
+}
+
+pub(super) fn resolve_pgbouncer(
+    targets: &[PgBouncerTargetConfig],
+    problems: &mut Problems,
+) -> Vec<PgBouncerTarget> {
+    let mut seen = HashSet::new();
+    let mut resolved = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let path = format!("pgbouncer[{i}]");
+        check_common(
+            problems,
+            &mut seen,
+            &path,
+            &t.name,
+            (t.interval, t.timeout, t.connect_timeout),
+        );
+        match connection(&t.dsn, t.password.as_ref(), t.password_file.as_deref()) {
+            Ok(mut connection) => {
+                if connection.get_dbname().is_none() {
+                    connection.dbname("pgbouncer");
+                }
+                connection.connect_timeout(connect_timeout(t.connect_timeout, t.timeout));
+                resolved.push(PgBouncerTarget {
+                    name: t.name.clone(),
+                    interval: t.interval,
+                    timeout: t.timeout,
+                    connection,
+                });
+            }
+            Err(e) => problems.push(format!("{path}.{}", e.key()), e),
+        }
+    }
+    resolved
+}

@@ -1,0 +1,388 @@
+//! The configuration file as written: serde structs with their defaults,
+//! decoded strictly (`deny_unknown_fields`). Nothing here is resolved: the
+//! [`super::validate`] phase turns these into the types collectors take.
+//! Secrets (`dsn`, `password`, `token`) are [`Secret`]s, whose `Debug` prints
+//! nothing of them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::secret::Secret;
+
+/// The root of the YAML file, as written. Every section is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// HTTP server settings; command-line flags override them.
+    pub web: WebConfig,
+    /// Apps' reports over the client protocol (docs/protocol.md).
+    pub ingest: IngestConfig,
+    /// The lag ticker on loopwatch's own tokio runtime.
+    pub runtime: RuntimeConfig,
+    /// Process groups to watch.
+    pub processes: Vec<ProcessGroupConfig>,
+    /// PostgreSQL servers to watch.
+    pub postgres: Vec<PostgresTargetConfig>,
+    /// PgBouncer admin consoles to watch.
+    pub pgbouncer: Vec<PgBouncerTargetConfig>,
+    /// API rate limits to poll.
+    pub ratelimits: Vec<RateLimitTargetConfig>,
+}
+
+/// The HTTP server; command-line flags override each key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Addresses to serve HTTP on (`:10071`, `[::]:10071`, `127.0.0.1:10071`).
+    pub listen_addresses: Vec<String>,
+    /// Path of the metrics endpoint.
+    pub telemetry_path: String,
+    /// Concurrent scrapes served at most; more get 503. 0 means no limit.
+    pub max_requests: usize,
+    /// Leave out the exporter's own `process_*` metrics.
+    pub disable_exporter_metrics: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            listen_addresses: vec![":10071".to_owned()],
+            telemetry_path: "/metrics".to_owned(),
+            max_requests: 40,
+            disable_exporter_metrics: false,
+        }
+    }
+}
+
+/// Caps keep every label bounded whatever apps send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// UDP address apps send datagrams to; empty disables UDP ingest
+    /// (`POST /api/v1/events` stays available).
+    pub udp_listen_address: String,
+    /// Silence after which a loop that did not say bye is down.
+    #[serde(with = "humantime_serde")]
+    pub silence_timeout: Duration,
+    /// How long a down or stopped loop keeps its series.
+    #[serde(with = "humantime_serde")]
+    pub loop_expiry: Duration,
+    /// Apps tracked at most; messages from more are rejected.
+    pub max_apps: usize,
+    /// Loops per app at most; messages for more are rejected.
+    pub max_loops_per_app: usize,
+    /// Task names per loop at most; more fold into `other`.
+    pub max_tasks: usize,
+    /// Exception types per loop at most; more fold into `other`.
+    pub max_exceptions: usize,
+    /// Blocking sites per loop at most; more fold into `other`.
+    pub max_sites: usize,
+    /// Pools per app at most; more fold into `other`.
+    pub max_pools: usize,
+    /// `{api, resource, token}` triples reported by apps at most; more fold into `other`.
+    pub max_ratelimits: usize,
+    /// Processes per loop at most (an app's workers, live or recently
+    /// dead); messages from more are rejected.
+    pub max_processes_per_loop: usize,
+    /// Worker ids per loop at most, for per-worker series; more fold into `other`.
+    pub max_workers_per_loop: usize,
+    /// Series that one loop's labels (task failures, cancellations, sites,
+    /// workers) may add at most; more fold into `other`.
+    pub max_series_per_loop: usize,
+    /// Series that one app may add at most (its loops and pools).
+    pub max_series_per_app: usize,
+    /// Series that all apps' reports may add to `/metrics` at most.
+    pub max_series: usize,
+    /// Stalls kept per loop for `GET /api/v1/loops`.
+    pub recent_stalls: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            udp_listen_address: "127.0.0.1:10071".to_owned(),
+            silence_timeout: Duration::from_secs(30),
+            loop_expiry: Duration::from_secs(3600),
+            max_apps: 50,
+            max_loops_per_app: 16,
+            max_tasks: 100,
+            max_exceptions: 50,
+            max_sites: 50,
+            max_pools: 16,
+            max_ratelimits: 100,
+            max_processes_per_loop: 256,
+            max_workers_per_loop: 64,
+            max_series_per_loop: 500,
+            max_series_per_app: 5_000,
+            max_series: 50_000,
+            recent_stalls: 10,
+        }
+    }
+}
+
+/// The lag ticker on loopwatch's own collector runtime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Watch loopwatch's own collector runtime.
+    pub enabled: bool,
+    /// How often the lag ticker wakes up.
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
+    /// A tick later than this counts as a stall.
+    #[serde(with = "humantime_serde")]
+    pub stall_threshold: Duration,
+    /// Worker threads of the collector runtime.
+    pub worker_threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tick_interval: Duration::from_millis(100),
+            stall_threshold: Duration::from_millis(500),
+            worker_threads: 2,
+        }
+    }
+}
+
+/// A named group of processes. A process belongs to the group when it matches
+/// every matcher kind given (any entry within a kind).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessGroupConfig {
+    /// The `group` label value.
+    pub name: String,
+    /// How often the group is sampled.
+    #[serde(default = "default_process_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one sample may take.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The matchers.
+    #[serde(rename = "match")]
+    pub matchers: ProcessMatchConfig,
+}
+
+/// What a process must match to belong to a group.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessMatchConfig {
+    /// Exact process names as in `/proc/PID/comm` (at most 15 characters).
+    pub comm: Vec<String>,
+    /// Executable paths (a bare name matches the basename).
+    pub exe: Vec<String>,
+    /// Regular expressions searched in the command line (arguments joined by spaces).
+    pub cmdline: Vec<String>,
+    /// A file holding the PID of the one process of the group.
+    pub pid_file: Option<PathBuf>,
+}
+
+/// A PostgreSQL server. The password never appears in metrics, labels, logs
+/// or the landing page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTargetConfig {
+    /// The `target` label value.
+    pub name: String,
+    /// libpq connection string (`host=… port=… user=… dbname=…` or a
+    /// `postgres://` URL); `${ENV}` references are expanded.
+    pub dsn: Secret,
+    /// The password, usually `${ENV_VAR}`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file holding the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// How often the server is polled.
+    #[serde(default = "default_db_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one poll may take.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a connection attempt may take; default 3s (at most `timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// `statement_timeout` of loopwatch's sessions; defaults to `timeout`.
+    #[serde(default, with = "humantime_serde")]
+    pub statement_timeout: Option<Duration>,
+    /// `lock_timeout` of loopwatch's sessions.
+    #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// Connections loopwatch opens to this server at most.
+    #[serde(default = "default_pg_max_connections")]
+    pub max_connections: usize,
+    /// Queries running longer than this count in `loopwatch_pg_slow_queries`.
+    #[serde(default = "default_slow_query_threshold", with = "humantime_serde")]
+    pub slow_query_threshold: Duration,
+    /// `{database, user, application_name, state}` series at most; the rest fold into `other`.
+    #[serde(default = "default_max_connection_series")]
+    pub max_connection_series: usize,
+}
+
+/// A PgBouncer admin console (the `pgbouncer` database).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgBouncerTargetConfig {
+    /// The `target` label value.
+    pub name: String,
+    /// Connection string of the admin console, e.g.
+    /// `host=127.0.0.1 port=6432 user=pgbouncer dbname=pgbouncer`; `${ENV}` expanded.
+    pub dsn: Secret,
+    /// The password, usually `${ENV_VAR}`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file holding the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// How often the console is polled.
+    #[serde(default = "default_db_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one poll may take.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a connection attempt may take; default 3s (at most `timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+}
+
+/// How a rate-limit target is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitKind {
+    /// GitHub's `GET /rate_limit`, which costs no budget: every resource.
+    Github,
+    /// Any API that answers with rate-limit headers.
+    Http,
+}
+
+/// What a reset header's number means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetFormat {
+    /// Above 10^9 a Unix time, else seconds from now.
+    #[default]
+    Auto,
+    /// A Unix time in seconds.
+    Epoch,
+    /// Seconds from now.
+    Seconds,
+}
+
+/// The request method of an `http` rate-limit target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// `GET`.
+    #[default]
+    Get,
+    /// `HEAD`: the headers without a body.
+    Head,
+}
+
+/// An API whose rate limits are polled, once per token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitTargetConfig {
+    /// The `api` label value.
+    pub name: String,
+    /// How the limits are read.
+    pub kind: RateLimitKind,
+    /// `github`: the API base URL (default `https://api.github.com`; GitHub
+    /// Enterprise Server: `https://HOST/api/v3`). `http`: the URL to request.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How often each token's budget is polled.
+    #[serde(default = "default_ratelimit_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one request may take.
+    #[serde(default = "default_ratelimit_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Tokens to poll with, each its own budget; none means one anonymous poll.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// PEM file of extra CA certificates (an Enterprise Server's own CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `http`: the request method.
+    #[serde(default)]
+    pub method: Option<HttpMethod>,
+    /// `http`: the `resource` label; default `X-RateLimit-Resource`, else `default`.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// `http`: header names, when the API uses its own; default: the
+    /// `RateLimit-*`, `X-RateLimit-*` and `X-Rate-Limit-*` forms.
+    #[serde(default)]
+    pub limit_header: Option<String>,
+    /// `http`: the header with the requests left.
+    #[serde(default)]
+    pub remaining_header: Option<String>,
+    /// `http`: the header with the reset time.
+    #[serde(default)]
+    pub reset_header: Option<String>,
+    /// `http`: what the reset header's number means.
+    #[serde(default)]
+    pub reset_format: Option<ResetFormat>,
+    /// `http`: the header that carries the token (default `Authorization`)
+    /// and the text before it (default `Bearer `).
+    #[serde(default)]
+    pub token_header: Option<String>,
+    /// `http`: the text sent before the token (default `Bearer `).
+    #[serde(default)]
+    pub token_prefix: Option<String>,
+}
+
+/// One API token: its `name` is the `token` label; the token itself appears nowhere.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The `token` label value.
+    pub name: String,
+    /// The token, usually `${ENV_VAR}`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A file holding the token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// GitHub's `/rate_limit` costs nothing, but a minute is plenty for budgets
+/// that reset hourly, and an `http` poll may cost a request.
+fn default_ratelimit_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_ratelimit_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_db_interval() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_pg_max_connections() -> usize {
+    2
+}
+
+fn default_slow_query_threshold() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_max_connection_series() -> usize {
+    200
+}
+
+fn default_process_interval() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
