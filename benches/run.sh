@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benches/run.sh: loopwatch side by side with prometheus-node-exporter,
 # prometheus-process-exporter and a minimal axum + prometheus server (the
-# floor, examples/floor_server.rs), in one run, on 127.0.0.1 only.
+# floor, benches/tools/floor_server.rs), in one run, on 127.0.0.1 only.
 #
 #   bash benches/run.sh
 #

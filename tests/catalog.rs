@@ -209,3 +209,43 @@ fn dashboards_and_alerts_only_use_metrics_that_exist() {
         "dashboards/alerts use metrics loopwatch does not export: {used:?}"
     );
 }
+
+/// Every family is defined once, in src/families.rs (issue 11): a metric
+/// name spelled anywhere else in src/ (test modules aside) would be a second
+/// definition that can drift from the catalog.
+#[test]
+fn no_metric_name_is_spelled_outside_the_families_module() {
+    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let src = repo_path("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() > 10, "{files:?}");
+    let mut offenders = Vec::new();
+    for file in files {
+        if file.ends_with("families.rs") || file.ends_with("tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("read");
+        // Unit tests sit at the end of a file, after `#[cfg(test)]`.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (i, line) in code.lines().enumerate() {
+            if line.contains("\"loopwatch_") || line.contains("\"process_") {
+                offenders.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "metric names outside src/families.rs:\n{}",
+        offenders.join("\n")
+    );
+}
