@@ -18,39 +18,17 @@ use std::time::{Duration, Instant};
 const APPS: usize = 5;
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(50);
 
-/// A UDP port on 127.0.0.1 that was free a moment ago (bound, then released).
-fn released_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free UDP port")
-}
-
-/// Whether some socket on this machine is bound to UDP `port` (read from
-/// /proc/net/udp{,6}, which never takes the port from anyone).
-fn udp_port_is_bound(port: u16) -> bool {
-    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|table| {
-        std::fs::read_to_string(table)
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter_map(|local| local.rsplit_once(':'))
-            .any(|(_, hex)| u16::from_str_radix(hex, 16) == Ok(port))
-    })
-}
-
 /// Waits until `port` is bound (`bound`) or free (`!bound`); false if it
 /// did not happen within `within`.
 fn wait_udp_port(port: u16, bound: bool, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if udp_port_is_bound(port) == bound {
+        if udp_port_bound(port) == bound {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    udp_port_is_bound(port) == bound
+    udp_port_bound(port) == bound
 }
 
 /// A config with UDP ingest on `udp_port` and `groups` process groups (the
@@ -160,7 +138,7 @@ fn r11_a_reload_with_the_same_ingest_section_loses_no_heartbeat() {
     const RELOADS: u64 = 10;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("loopwatch.yml");
-    let udp_port = released_udp_port();
+    let udp_port = free_udp_port();
     write_config(&path, &config(udp_port, 1));
     let exporter = Exporter::start(&["--config.file", path.to_str().expect("utf8 path")]);
     assert!(
@@ -251,7 +229,7 @@ fn r11_a_reload_with_the_same_ingest_section_loses_no_heartbeat() {
         "a reload with the same ingest section rebound the UDP socket:\n{stderr}"
     );
     assert!(
-        udp_port_is_bound(udp_port),
+        udp_port_bound(udp_port),
         "UDP {udp_port} is no longer bound after the reloads"
     );
 }
@@ -260,7 +238,7 @@ fn r11_a_reload_with_the_same_ingest_section_loses_no_heartbeat() {
 fn r11_a_reload_that_moves_the_udp_address_hands_over() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("loopwatch.yml");
-    let old_port = released_udp_port();
+    let old_port = free_udp_port();
     write_config(&path, &config(old_port, 1));
     let exporter = Exporter::start(&["--config.file", path.to_str().expect("utf8 path")]);
     assert!(
@@ -284,7 +262,7 @@ fn r11_a_reload_that_moves_the_udp_address_hands_over() {
     assert_eq!(udp_messages(&text), 5, "before the move:\n{text}");
 
     // Move to a new port.
-    let new_port = std::iter::repeat_with(released_udp_port)
+    let new_port = std::iter::repeat_with(free_udp_port)
         .find(|p| *p != old_port)
         .expect("another port");
     write_config(&path, &config(new_port, 1));

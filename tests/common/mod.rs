@@ -107,7 +107,7 @@ pub fn write_config_with_free_udp(dir: &Path, yaml: &str) -> (PathBuf, Option<u1
 
 /// Whether some socket on this machine is bound to UDP `port` (from
 /// /proc/net/udp{,6}; reading never takes the port from anyone).
-fn udp_port_bound(port: u16) -> bool {
+pub fn udp_port_bound(port: u16) -> bool {
     ["/proc/net/udp", "/proc/net/udp6"].iter().any(|table| {
         std::fs::read_to_string(table)
             .unwrap_or_default()
