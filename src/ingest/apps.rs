@@ -69,6 +69,7 @@ impl Process {
             stall_seconds: self.clock.stall().as_secs_f64(),
             silent_seconds: self.clock.silent_for().as_secs_f64(),
             current_stall: self.current.clone(),
+            recent_sites: self.recent.iter().rev().map(|s| s.site.clone()).collect(),
         }
     }
 }

@@ -510,6 +510,10 @@ mod tests {
         assert!(views[0].current_stall.is_none());
         assert_eq!(views[0].recent_stalls.len(), 2);
         assert!(views[0].recent_stalls.iter().all(|s| s.pid == 10));
+        assert_eq!(
+            views[0].processes[0].recent_sites,
+            vec!["unknown", "app.py:9 handler"]
+        );
         let closed = views[0]
             .recent_stalls
             .iter()

@@ -37,6 +37,9 @@ pub struct ProcessView {
     pub stall_seconds: f64,
     pub silent_seconds: f64,
     pub current_stall: Option<StallRecord>,
+    /// The sites of its recent stalls, newest first (the loop's
+    /// `recent_stalls` has their stacks).
+    pub recent_sites: Vec<String>,
 }
 
 /// A loop as `GET /api/v1/loops` shows it: the state and stall of its worst
