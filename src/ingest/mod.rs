@@ -419,4 +419,4 @@ mod tests;
 /// counts every message once, and never grows past its budget. Failing
 /// cases are kept in `proptest-regressions/` and replayed first.
 #[cfg(test)]
-mod fuzz;
+mod fuzz_tests;
