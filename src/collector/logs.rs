@@ -826,9 +826,8 @@ struct Tail {
     started: bool,
     /// What the state file said when it was loaded.
     saved: Option<Vec<SavedFile>>,
-    /// The positions last written to the state file.
-    written: Vec<(Identity, u64)>,
-    state_error: Option<String>,
+    /// What was last written to the state file.
+    written: Vec<u8>,
 }
 
 fn read_error_kind(e: &std::io::Error) -> LogReadError {
@@ -852,7 +851,6 @@ impl Tail {
             started: false,
             saved: None,
             written: Vec::new(),
-            state_error: None,
         }
     }
 
@@ -997,7 +995,7 @@ impl Tail {
                     if tail.size < entry.offset
                         || (!head.is_empty() && tail.read_head(head.len()) != head)
                     {
-                        // Another file now: nothing of the old one is left.
+                        tracing::warn!(log = %self.matcher.target.name, file = %entry.path.display(), "A log file was rewritten while loopwatch was down; its last lines may be lost");
                         continue;
                     }
                     tail.head = head;
@@ -1096,10 +1094,6 @@ impl Tail {
     /// Writes the positions when they changed. Returns a failure to report.
     fn save_state(&mut self) -> Option<CollectError> {
         let path = self.matcher.target.state_file.clone()?;
-        let now: Vec<(Identity, u64)> = self.files.iter().map(|f| (f.id, f.committed)).collect();
-        if now == self.written {
-            return None;
-        }
         let state = SavedState {
             version: 1,
             files: self
@@ -1114,22 +1108,26 @@ impl Tail {
                 })
                 .collect(),
         };
+        // Compared whole: a file truncated and refilled to the same offset
+        // has another head.
+        let bytes = match serde_json::to_vec(&state) {
+            Ok(bytes) => bytes,
+            Err(e) => return Some(CollectError::new(Reason::Other, e.to_string())),
+        };
+        if bytes == self.written {
+            return None;
+        }
         let tmp = path.with_extension("tmp");
-        let written = serde_json::to_vec(&state)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+        let written = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
         match written {
             Ok(()) => {
-                self.written = now;
-                self.state_error = None;
+                self.written = bytes;
                 None
             }
-            Err(e) => {
-                let message = format!("cannot write the state file {}: {e}", path.display());
-                self.state_error = Some(message.clone());
-                Some(CollectError::new(Reason::Io, message))
-            }
+            Err(e) => Some(CollectError::new(
+                Reason::Io,
+                format!("cannot write the state file {}: {e}", path.display()),
+            )),
         }
     }
 
