@@ -41,7 +41,9 @@ impl FamilyBuilder {
     pub fn gauge(&mut self, family: &Family, values: &[&str], value: f64) {
         let mut gauge = Gauge::default();
         gauge.set_value(value);
-        self.add(family, values, &[], MetricType::GAUGE, |m| m.set_gauge(gauge));
+        self.add(family, values, &[], MetricType::GAUGE, |m| {
+            m.set_gauge(gauge)
+        });
     }
 
     pub fn counter(&mut self, family: &Family, values: &[&str], value: f64) {

@@ -16,7 +16,11 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Debian's logrotate: the test fails, never skips, without it.
 fn logrotate() -> &'static str {
-    for path in ["/usr/sbin/logrotate", "/sbin/logrotate", "/usr/bin/logrotate"] {
+    for path in [
+        "/usr/sbin/logrotate",
+        "/sbin/logrotate",
+        "/usr/bin/logrotate",
+    ] {
         if Path::new(path).exists() {
             return path;
         }
@@ -167,7 +171,12 @@ fn r13_logrotate_create_copytruncate_truncation_and_restart_count_every_line_onc
     // one: nothing twice, nothing lost.
     std::thread::sleep(Duration::from_millis(600));
     lw.signal("TERM");
-    assert_eq!(lw.wait_exit(Duration::from_secs(10)), Some(0), "{}", lw.stderr());
+    assert_eq!(
+        lw.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        lw.stderr()
+    );
     write_lines(&mut writer, 400, 100);
     rotate(dir.path(), &log, "create");
     let mut writer = open_append(&log);
@@ -210,14 +219,27 @@ fn r13_python_asyncio_errors_in_a_log_count_by_exception_type_and_slow_callback(
     wait_for_metrics(&lw, WAIT, "the app's 91 log lines", |t| {
         sample(t, r#"loopwatch_log_lines_total{log="app"}"#) == Some(91.0)
     });
-    let exception =
-        |t: &str, e: &str| sample(t, &format!(r#"loopwatch_log_exceptions_total{{exception="{e}",log="app"}}"#));
+    let exception = |t: &str, e: &str| {
+        sample(
+            t,
+            &format!(r#"loopwatch_log_exceptions_total{{exception="{e}",log="app"}}"#),
+        )
+    };
     let text = wait_for_metrics(&lw, WAIT, "the tracebacks counted", |t| {
         exception(t, "ValueError") == Some(2.0)
     });
     assert_eq!(exception(&text, "KeyError"), Some(1.0), "{text}");
-    let rule = |r: &str| sample(&text, &format!(r#"loopwatch_log_matches_total{{log="app",rule="{r}"}}"#));
-    assert_eq!(rule("asyncio_task_exception_never_retrieved"), Some(3.0), "{text}");
+    let rule = |r: &str| {
+        sample(
+            &text,
+            &format!(r#"loopwatch_log_matches_total{{log="app",rule="{r}"}}"#),
+        )
+    };
+    assert_eq!(
+        rule("asyncio_task_exception_never_retrieved"),
+        Some(3.0),
+        "{text}"
+    );
     assert_eq!(rule("asyncio_slow_callback"), Some(2.0), "{text}");
     assert_eq!(rule("asyncio_run_in_running_loop"), Some(0.0), "{text}");
     let bucket = |le: &str| {

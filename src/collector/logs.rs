@@ -275,7 +275,8 @@ impl FileTail {
     /// Whether the file was rewritten from its start: shorter than read, or
     /// other first bytes.
     fn rewritten(&self, size: u64) -> bool {
-        size < self.offset || (!self.head.is_empty() && self.read_head(self.head.len()) != self.head)
+        size < self.offset
+            || (!self.head.is_empty() && self.read_head(self.head.len()) != self.head)
     }
 
     /// Starts again from the first byte.
@@ -399,7 +400,11 @@ fn slow_callback_seconds(line: &str) -> Option<f64> {
     let at = line.rfind(" took ")?;
     let rest = &line[at + 6..];
     let end = rest.find(" seconds")?;
-    rest[..end].trim().parse().ok().filter(|v: &f64| v.is_finite() && *v >= 0.0)
+    rest[..end]
+        .trim()
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
 }
 
 /// The exception type of a traceback's last line (`ValueError: bad`,
@@ -412,7 +417,9 @@ fn exception_type(line: &str) -> Option<&str> {
     let mut chars = name.chars();
     let first = chars.next()?;
     if !(first.is_ascii_alphabetic() || first == '_')
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
         || name.ends_with('.')
     {
         return None;
@@ -448,7 +455,10 @@ pub fn normalise(line: &str) -> String {
             }
         }
         if word(b) && at_boundary {
-            let end = i + bytes[i..].iter().position(|&c| !word(c)).unwrap_or(bytes.len() - i);
+            let end = i + bytes[i..]
+                .iter()
+                .position(|&c| !word(c))
+                .unwrap_or(bytes.len() - i);
             let w = &line[i..end];
             if is_uuid(&bytes[i..]) {
                 out.push_str("<uuid>");
@@ -761,7 +771,8 @@ fn read_file(
                 framed(matcher, tail, piece)
             } else {
                 let room = max_line.saturating_sub(tail.pending.len());
-                tail.pending.extend_from_slice(&piece[..piece.len().min(room)]);
+                tail.pending
+                    .extend_from_slice(&piece[..piece.len().min(room)]);
                 if piece.len() > room {
                     tail.cut = true;
                 }
@@ -778,7 +789,8 @@ fn read_file(
         }
         let rest = &chunk[start..];
         let room = max_line.saturating_sub(tail.pending.len());
-        tail.pending.extend_from_slice(&rest[..rest.len().min(room)]);
+        tail.pending
+            .extend_from_slice(&rest[..rest.len().min(room)]);
         if rest.len() > room {
             tail.cut = true;
         }
@@ -1180,11 +1192,17 @@ impl Tail {
                 // from the start, so increase() sees its first match.
                 if rule.labels.is_empty() {
                     let n = counts.and_then(|r| r.counts.get(&Vec::new())).copied();
-                    b.counter(&families::LOG_MATCHES, &[log, &rule.name], n.unwrap_or(0) as f64);
+                    b.counter(
+                        &families::LOG_MATCHES,
+                        &[log, &rule.name],
+                        n.unwrap_or(0) as f64,
+                    );
                 }
                 continue;
             }
-            let mut series: Vec<_> = counts.map(|r| r.counts.iter().collect()).unwrap_or_default();
+            let mut series: Vec<_> = counts
+                .map(|r| r.counts.iter().collect())
+                .unwrap_or_default();
             series.sort();
             for (values, n) in series {
                 let extra: Vec<(&str, &str)> = rule
@@ -1193,7 +1211,12 @@ impl Tail {
                     .map(String::as_str)
                     .zip(values.iter().map(String::as_str))
                     .collect();
-                b.counter_with(&families::LOG_MATCHES, &[log, &rule.name], &extra, *n as f64);
+                b.counter_with(
+                    &families::LOG_MATCHES,
+                    &[log, &rule.name],
+                    &extra,
+                    *n as f64,
+                );
             }
         }
         b.finish()

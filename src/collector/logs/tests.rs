@@ -32,9 +32,11 @@ fn value(families: &Families, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter(|f| f.name() == name)
         .flat_map(|f| f.get_metric())
         .find(|m| {
-            labels
-                .iter()
-                .all(|(k, v)| m.get_label().iter().any(|l| l.name() == *k && l.value() == *v))
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
         })
         // The other of the two is 0.
         .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
@@ -52,7 +54,9 @@ fn normalise_masks_what_varies() {
         "#-#-# #:#:# WARNING rate limit hit for user #, retry in #.#"
     );
     assert_eq!(
-        normalise("request 550e8400-e29b-41d4-a716-446655440000 id=0x7f3a failed: 'alice' \"GET /x\""),
+        normalise(
+            "request 550e8400-e29b-41d4-a716-446655440000 id=0x7f3a failed: 'alice' \"GET /x\""
+        ),
         "request <uuid> id=# failed: '*' \"*\""
     );
     assert_eq!(normalise("object at deadbeefcafe0000"), "object at #");
@@ -73,7 +77,10 @@ fn exception_types_and_slow_callbacks_are_read() {
         ),
         Some(3.2)
     );
-    assert_eq!(slow_callback_seconds("Executing <Handle> took many seconds"), None);
+    assert_eq!(
+        slow_callback_seconds("Executing <Handle> took many seconds"),
+        None
+    );
 }
 
 #[test]
@@ -175,7 +182,10 @@ fn repeated_messages_count_beyond_the_threshold_and_show_the_top_offender() {
         append(&log, &format!("rate limit exceeded, retry in {i}s\n"));
     }
     append(&log, "something else\n");
-    let mut tail = Tail::new(target(dir.path(), "    repeat: {window: 1m, threshold: 3}\n"));
+    let mut tail = Tail::new(target(
+        dir.path(),
+        "    repeat: {window: 1m, threshold: 3}\n",
+    ));
     let f = tail.poll(Instant::now());
     assert_eq!(value(&f, "loopwatch_log_repeated_total", &[]), 7.0);
     assert_eq!(
@@ -193,7 +203,10 @@ fn rename_rotation_reads_the_old_file_to_its_end_then_the_new_one() {
     let mut tail = Tail::new(target(dir.path(), ""));
     assert_eq!(lines(&tail.poll(Instant::now())), 2.0);
     // The writer still has the old file open after the rename.
-    let mut old = std::fs::OpenOptions::new().append(true).open(&log).expect("open");
+    let mut old = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("open");
     std::fs::rename(&log, dir.path().join("a.log.1")).expect("rename");
     old.write_all(b"3\n4").expect("write");
     append(&log, "5\n");
@@ -273,7 +286,11 @@ not json
     assert_eq!(lines(&f), 4.0);
     assert_eq!(value(&f, "loopwatch_log_parse_errors_total", &[]), 1.0);
     assert_eq!(
-        value(&f, "loopwatch_log_exceptions_total", &[("exception", "ValueError")]),
+        value(
+            &f,
+            "loopwatch_log_exceptions_total",
+            &[("exception", "ValueError")]
+        ),
         1.0
     );
 
@@ -294,11 +311,19 @@ garbage
     assert_eq!(lines(&f), 3.0);
     assert_eq!(value(&f, "loopwatch_log_parse_errors_total", &[]), 1.0);
     assert_eq!(
-        value(&f, "loopwatch_log_matches_total", &[("rule", "asyncio_slow_callback")]),
+        value(
+            &f,
+            "loopwatch_log_matches_total",
+            &[("rule", "asyncio_slow_callback")]
+        ),
         1.0
     );
     assert_eq!(
-        value(&f, "loopwatch_log_matches_total", &[("rule", "asyncio_task_destroyed_pending")]),
+        value(
+            &f,
+            "loopwatch_log_matches_total",
+            &[("rule", "asyncio_task_destroyed_pending")]
+        ),
         1.0
     );
 }
@@ -320,6 +345,10 @@ fn the_state_file_resumes_after_the_last_complete_line_even_across_a_rotation() 
     append(&log, "5\n");
     let mut tail = Tail::new(target(dir.path(), &extra));
     let f = tail.poll(Instant::now());
-    assert_eq!(lines(&f), 3.0, "partial, 4 and 5: nothing twice, nothing lost");
+    assert_eq!(
+        lines(&f),
+        3.0,
+        "partial, 4 and 5: nothing twice, nothing lost"
+    );
     assert_eq!(value(&f, "loopwatch_log_rotations_total", &[]), 1.0);
 }
