@@ -219,6 +219,9 @@ struct FileTail {
     pending: Vec<u8>,
     /// The pending line is longer than the maximum and was cut.
     cut: bool,
+    /// Reading started inside a line (`start_at: end` on a file whose last
+    /// line is not ended): its rest is skipped, not counted as a line.
+    discard: bool,
     joiner: Joiner,
     traceback: Traceback,
     /// Still at a path the log's patterns match.
@@ -236,6 +239,8 @@ impl FileTail {
         }
         let start = start.min(meta.len());
         file.seek(SeekFrom::Start(start))?;
+        let mut last = [0u8; 1];
+        let discard = start > 0 && file.read_at(&mut last, start - 1)? == 1 && last[0] != b'\n';
         let mut tail = FileTail {
             path: path.to_owned(),
             file,
@@ -246,6 +251,7 @@ impl FileTail {
             head: Vec::new(),
             pending: Vec::new(),
             cut: false,
+            discard,
             joiner: Joiner::default(),
             traceback: Traceback::Outside,
             current: true,
@@ -287,6 +293,7 @@ impl FileTail {
         self.head.clear();
         self.pending.clear();
         self.cut = false;
+        self.discard = false;
         self.joiner = Joiner::default();
         self.traceback = Traceback::Outside;
         Ok(())
@@ -357,12 +364,9 @@ impl Counters {
             *n += 1;
             return;
         }
-        // One slot is kept for `other`.
-        let key = if self.exceptions.len() + 1 < cap || (cap == 1 && self.exceptions.is_empty()) {
-            name
-        } else {
-            OTHER
-        };
+        // `other` itself does not take one of the `cap` slots.
+        let named = self.exceptions.len() - usize::from(self.exceptions.contains_key(OTHER));
+        let key = if named < cap { name } else { OTHER };
         *self.exceptions.entry(key.to_owned()).or_default() += 1;
     }
 }
@@ -767,6 +771,12 @@ fn read_file(
         let mut start = 0;
         for nl in memchr::memchr_iter(b'\n', chunk) {
             let piece = &chunk[start..nl];
+            if std::mem::take(&mut tail.discard) {
+                tail.pending.clear();
+                tail.committed = tail.offset + (nl + 1) as u64;
+                start = nl + 1;
+                continue;
+            }
             let complete = if tail.pending.is_empty() && !tail.cut && piece.len() <= max_line {
                 framed(matcher, tail, piece)
             } else {
@@ -787,7 +797,11 @@ fn read_file(
             }
             start = nl + 1;
         }
-        let rest = &chunk[start..];
+        let rest = if tail.discard {
+            &[][..]
+        } else {
+            &chunk[start..]
+        };
         let room = max_line.saturating_sub(tail.pending.len());
         tail.pending
             .extend_from_slice(&rest[..rest.len().min(room)]);

@@ -352,3 +352,86 @@ fn the_state_file_resumes_after_the_last_complete_line_even_across_a_rotation() 
     );
     assert_eq!(value(&f, "loopwatch_log_rotations_total", &[]), 1.0);
 }
+
+#[test]
+fn start_at_end_skips_the_rest_of_an_unended_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("a.log");
+    append(&log, "old\nhalf a li");
+    let mut t = target(dir.path(), "");
+    t.start_at = StartAt::End;
+    let mut tail = Tail::new(t);
+    assert_eq!(lines(&tail.poll(Instant::now())), 0.0);
+    append(&log, "ne\nnew\n");
+    assert_eq!(lines(&tail.poll(Instant::now())), 1.0, "only `new`");
+}
+
+#[test]
+fn r13_a_file_truncated_and_refilled_to_the_same_length_saves_its_new_head() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("a.log");
+    let state = dir.path().join("state.json");
+    let extra = format!("    state_file: {}\n", state.display());
+    append(&log, "aaaa\n");
+    let mut tail = Tail::new(target(dir.path(), &extra));
+    tail.poll(Instant::now());
+    assert!(tail.save_state().is_none());
+    // Same offset after the truncation: the state must still change.
+    std::fs::write(&log, "bbbb\n").expect("rewrite");
+    tail.poll(Instant::now());
+    assert!(tail.save_state().is_none());
+    drop(tail);
+    append(&log, "cccc\n");
+    let mut tail = Tail::new(target(dir.path(), &extra));
+    let f = tail.poll(Instant::now());
+    assert_eq!(
+        lines(&f),
+        1.0,
+        "only cccc: bbbb was counted before the restart"
+    );
+    assert_eq!(value(&f, "loopwatch_log_truncations_total", &[]), 0.0);
+}
+
+#[test]
+fn garbage_invalid_utf8_a_huge_line_and_a_file_that_becomes_a_directory_are_survived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("a.log");
+    let mut garbage: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    garbage.extend_from_slice(b"\n\xff\xfe invalid utf-8 \xc3\x28\n");
+    garbage.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
+    garbage.push(b'\n');
+    std::fs::write(&log, &garbage).expect("write");
+    let mut tail = Tail::new(target(dir.path(), ""));
+    let mut f = tail.poll(Instant::now());
+    // 8 MiB per poll at most: the huge line ends in a later poll.
+    for _ in 0..3 {
+        f = tail.poll(Instant::now());
+    }
+    // 391 newlines in the 100,000 bytes of 0..=255, then the invalid UTF-8
+    // line, then the 10 MiB line: 394, the huge one cut.
+    assert_eq!(lines(&f), 394.0);
+    assert!(value(&f, "loopwatch_log_long_lines_total", &[]) >= 1.0);
+    assert!(tail.files[0].pending.capacity() <= 1024 * 1024);
+    std::fs::remove_file(&log).expect("remove");
+    std::fs::create_dir(&log).expect("a directory in its place");
+    let f = tail.poll(Instant::now());
+    assert_eq!(
+        value(
+            &f,
+            "loopwatch_log_read_errors_total",
+            &[("reason", "not_a_file")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn exception_types_fold_into_other_beyond_the_cap() {
+    let mut c = Counters::default();
+    for name in ["A", "B", "C", "A", "D"] {
+        c.exception(name, 2);
+    }
+    assert_eq!(c.exceptions.get("A"), Some(&2));
+    assert_eq!(c.exceptions.get("B"), Some(&1));
+    assert_eq!(c.exceptions.get(OTHER), Some(&2));
+}
