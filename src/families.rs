@@ -373,13 +373,15 @@ pub const LOG_SLOW_CALLBACK_BUCKETS: [f64; 9] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 pub enum LogReadError {
     PermissionDenied,
     NotAFile,
+    TooManyFiles,
     Other,
 }
 
 impl LogReadError {
-    pub const ALL: [LogReadError; 3] = [
+    pub const ALL: [LogReadError; 4] = [
         LogReadError::PermissionDenied,
         LogReadError::NotAFile,
+        LogReadError::TooManyFiles,
         LogReadError::Other,
     ];
 
@@ -387,6 +389,7 @@ impl LogReadError {
         match self {
             LogReadError::PermissionDenied => "permission_denied",
             LogReadError::NotAFile => "not_a_file",
+            LogReadError::TooManyFiles => "too_many_files",
             LogReadError::Other => "other",
         }
     }

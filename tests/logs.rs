@@ -274,3 +274,47 @@ fn r13_python_asyncio_errors_in_a_log_count_by_exception_type_and_slow_callback(
     );
     assert_promtool_clean(&text);
 }
+
+#[test]
+fn r13_a_reload_keeps_positions_and_counters_and_applies_new_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("svc.log");
+    let mut writer = open_append(&log);
+    // UDP ingest off, so the file is used as written and can be edited.
+    let config = |rules: &str| {
+        format!(
+            "ingest: {{udp_listen_address: ''}}
+logs:
+  - name: svc
+    paths: ['{}']
+    interval: 200ms
+    timeout: 200ms
+{rules}",
+            log.display()
+        )
+    };
+    // start_at: end. A log rebuilt by the reload would start at the end
+    // again with its counter at 0, and count 10 below instead of 20.
+    let lw = Exporter::start_with_config(&config(""), &[]);
+    write_lines(&mut writer, 0, 10);
+    expect_lines(&lw, 10.0, "the first 10 lines");
+    let text = config("    rules:\n      - name: odd\n        regex: '[13579] of the service'\n");
+    let rewritten = std::fs::read_to_string(&lw.config_path)
+        .expect("config")
+        .replace(&config(""), &text);
+    std::fs::write(&lw.config_path, rewritten).expect("rewrite the config");
+    lw.signal("HUP");
+    wait_for_metrics(&lw, WAIT, "the new rule", |t| {
+        sample(t, r#"loopwatch_log_matches_total{log="svc",rule="odd"}"#).is_some()
+    });
+    write_lines(&mut writer, 10, 10);
+    let text = expect_lines(&lw, 20.0, "20 lines: none read again after the reload");
+    assert_eq!(
+        sample(
+            &text,
+            r#"loopwatch_log_matches_total{log="svc",rule="odd"}"#
+        ),
+        Some(5.0),
+        "{text}"
+    );
+}

@@ -1072,6 +1072,11 @@ impl Tail {
         }
         for (id, path, size) in &found {
             if !self.files.iter().any(|f| f.id == *id) {
+                if self.files.len() >= self.matcher.target.max_files {
+                    // Bounded descriptors and memory: it waits for a slot.
+                    self.matcher.counters.read_error(LogReadError::TooManyFiles);
+                    continue;
+                }
                 self.open_found(*id, path, *size, now);
             }
         }

@@ -29,6 +29,7 @@ pub struct LogTarget {
     pub max_exceptions: usize,
     pub max_line_bytes: usize,
     pub max_read_bytes: usize,
+    pub max_files: usize,
     pub rotate_wait: Duration,
     pub interval: Duration,
     pub timeout: Duration,
@@ -135,6 +136,13 @@ pub(super) fn resolve(targets: &[LogTargetConfig], problems: &mut Problems) -> V
             t.max_line_bytes.max(4096),
             1024 * 1024 * 1024,
         );
+        check_range(
+            problems,
+            format!("{path}.max_files"),
+            t.max_files,
+            1,
+            100_000,
+        );
         if t.rotate_wait > Duration::from_secs(3600) {
             problems.push(format!("{path}.rotate_wait"), "must be at most 1h");
         }
@@ -214,6 +222,7 @@ pub(super) fn resolve(targets: &[LogTargetConfig], problems: &mut Problems) -> V
             max_exceptions: t.max_exceptions,
             max_line_bytes: t.max_line_bytes,
             max_read_bytes: t.max_read_bytes,
+            max_files: t.max_files,
             rotate_wait: t.rotate_wait,
             interval: t.interval,
             timeout: t.timeout,

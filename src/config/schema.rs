@@ -453,6 +453,10 @@ pub struct LogTargetConfig {
     /// Bytes read from one file per poll at most; the rest waits for the next poll.
     #[serde(default = "default_max_read_bytes")]
     pub max_read_bytes: usize,
+    /// Files read at once at most (matching files and rotated ones still
+    /// read); files beyond it wait and count as `too_many_files` errors.
+    #[serde(default = "default_max_files")]
+    pub max_files: usize,
     /// How long a file renamed away (rotated) is still read after it stopped
     /// growing: the writer may not have reopened the new file yet.
     #[serde(default = "default_rotate_wait", with = "humantime_serde")]
@@ -519,6 +523,10 @@ fn default_max_line_bytes() -> usize {
 
 fn default_max_read_bytes() -> usize {
     8 * 1024 * 1024
+}
+
+fn default_max_files() -> usize {
+    1_000
 }
 
 fn default_rotate_wait() -> Duration {
