@@ -853,11 +853,68 @@ def ratelimits():
          link_to("Database", "loopwatch-database", "PostgreSQL connections, PgBouncer and apps' connection pools")])
 
 
+# ======================================================================= Services: logs
+# The `logs` collector's row of the services dashboard (issue 13). The probes
+# and files rows live beside it in services(); each row is its own function.
+
+LOG_VAR = qvar("log", "Log", 'label_values(loopwatch_log_lines_total{job=~"$job", instance=~"$instance"}, log)', True, True,
+               "Logs that the selected loopwatch instances tail (the `name` of each `logs` entry).")
+ASYNCIO_ERROR_RULES = "asyncio_task_exception_never_retrieved|asyncio_run_in_running_loop|asyncio_task_destroyed_pending|asyncio_coroutine_never_awaited|nonetype_not_callable"
+BUILTIN_RULES = ASYNCIO_ERROR_RULES + "|asyncio_slow_callback"
+
+
+def logs_row(b):
+    """The logs row: asyncio errors, exceptions, slow callbacks, storms, user rules and tailing health."""
+    L = SEL + ', log=~"$log"'
+    b.row("Logs")
+    b.timeseries("asyncio error lines", "Lines per interval of the built-in asyncio error rules, by log and rule (increase of loopwatch_log_matches_total): Task exception was never retrieved, asyncio.run() cannot be called from a running event loop, Task was destroyed but it is pending!, coroutine … was never awaited, TypeError: 'NoneType' object is not callable. Any line fires LoopwatchLogAsyncioErrors after a minute. Only rules with lines are drawn.",
+                 "short", [target(f'sum by (instance, log, rule) (increase(loopwatch_log_matches_total{{{L}, rule=~"{ASYNCIO_ERROR_RULES}"}}[{RI}])) > 0', "{{log}} {{rule}} {{instance}}")], 0, 12, minv=0)
+    b.timeseries("Exceptions by type", "Python tracebacks per interval, by log and the exception type on their last line (increase of loopwatch_log_exceptions_total; of a chained traceback only the last exception). 3 or more of one type in 10 minutes, for 5 minutes, fires LoopwatchLogExceptions. \"other\": types beyond the log's max_exceptions.",
+                 "short", [target(f'sum by (instance, log, exception) (increase(loopwatch_log_exceptions_total{{{L}}}[{RI}])) > 0', "{{log}} {{exception}} {{instance}}")], 12, 12, minv=0)
+    b.down(8)
+    b.timeseries("Slow callbacks from logs", "asyncio's slow-callback warnings (Executing <…> took N seconds, logged in debug mode) per second (solid) and the 99th percentile of their durations (dashed, right unit: seconds), from loopwatch_log_slow_callback_seconds. A callback this slow blocked the whole event loop for that long.",
+                 "s", [target(f'histogram_quantile(0.99, sum by (instance, log, le) (rate(loopwatch_log_slow_callback_seconds_bucket{{{L}}}[{RI}])))', "p99 {{log}} {{instance}}", "A"),
+                       target(f'sum by (instance, log) (rate(loopwatch_log_slow_callback_seconds_count{{{L}}}[{RI}])) > 0', "per second {{log}} {{instance}}", "B")], 0, 8, minv=0,
+                 overrides=[dashed("^p99 "),
+                            {"matcher": {"id": "byRegexp", "options": "^per second "}, "properties": [{"id": "unit", "value": "cps"}]}])
+    b.timeseries("Log storm: repeated lines", "Lines per second whose normalised message (numbers, ids, quoted values masked) was already seen repeat.threshold times in the log's repeat.window (rate of loopwatch_log_repeated_total). Over 1/s for 10 minutes fires LoopwatchLogStorm; the landing page of loopwatch (/) names the message.",
+                 "cps", [target(f'sum by (instance, log) (rate(loopwatch_log_repeated_total{{{L}}}[{RI}]))', "{{log}} {{instance}}")], 8, 8, minv=0,
+                 steps=[("green", None), ("red", 1)])
+    b.timeseries("Lines read", "Lines per second read from each log's files (rate of loopwatch_log_lines_total; Docker and CRI partial lines joined into one).",
+                 "cps", [target(f'sum by (instance, log) (rate(loopwatch_log_lines_total{{{L}}}[{RI}]))', "{{log}} {{instance}}")], 16, 8, minv=0)
+    b.down(8)
+    b.timeseries("Your rules", "Matches per second of the configured rules (rate of loopwatch_log_matches_total, built-in rules left out), by log, rule and the rule's named groups; \"other\" gathers label values beyond the rule's max_label_values. Only rules with matches are drawn.",
+                 "cps", [target(f'rate(loopwatch_log_matches_total{{{L}, rule!~"{BUILTIN_RULES}"}}[{RI}]) > 0')], 0, 12, minv=0)
+    b.timeseries("Tailing health", "What happened to the files while they were tailed, per interval: rotations (files renamed away or deleted, read to their end first), truncations (copytruncate or > file: read again from the start), bytes lost (seen but unread at a truncation), lines cut at max_line_bytes, lines not valid in the log's format, files that could not be read (by reason); and the files being read (loopwatch_log_files). Only nonzero counts are drawn.",
+                 "short", [target(f'sum by (instance, log) (increase(loopwatch_log_rotations_total{{{L}}}[{RI}])) > 0', "rotations {{log}} {{instance}}", "A"),
+                           target(f'sum by (instance, log) (increase(loopwatch_log_truncations_total{{{L}}}[{RI}])) > 0', "truncations {{log}} {{instance}}", "B"),
+                           target(f'sum by (instance, log) (increase(loopwatch_log_lost_bytes_total{{{L}}}[{RI}])) > 0', "lost bytes {{log}} {{instance}}", "C"),
+                           target(f'sum by (instance, log) (increase(loopwatch_log_long_lines_total{{{L}}}[{RI}])) > 0', "long lines {{log}} {{instance}}", "D"),
+                           target(f'sum by (instance, log) (increase(loopwatch_log_parse_errors_total{{{L}}}[{RI}])) > 0', "parse errors {{log}} {{instance}}", "E"),
+                           target(f'sum by (instance, log, reason) (increase(loopwatch_log_read_errors_total{{{L}}}[{RI}])) > 0', "read errors {{reason}} {{log}} {{instance}}", "F"),
+                           target(f'loopwatch_log_files{{{L}}}', "files {{log}} {{instance}}", "G")], 12, 12, minv=0)
+    b.down(8)
+
+
+def services():
+    b = Board()
+    logs_row(b)
+    return dashboard(
+        "loopwatch / Services", "loopwatch-services",
+        "Services watched from the outside, without the loopwatch client: their logs (asyncio errors, exceptions by type, slow callbacks, log storms, your rules).",
+        b.panels,
+        [DATASOURCE_VAR, JOB_VAR, INSTANCE_VAR, LOG_VAR],
+        [RUNBOOKS_LINK,
+         link_to("Overview", "loopwatch-overview", "loopwatch itself, its own runtime and the process groups"),
+         link_to("Event loops", "loopwatch-event-loops", "Apps' event loops: stalls, lag, tasks, pools, rate limits, ingest")])
+
+
 DASHBOARDS = {
     "loopwatch-overview.json": overview,
     "loopwatch-event-loops.json": event_loops,
     "loopwatch-database.json": database,
     "loopwatch-ratelimits.json": ratelimits,
+    "loopwatch-services.json": services,
 }
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On a fresh machine it first installs what the
-# tests need and is missing: Debian's `prometheus` package (for promtool) and
-# the Python client's test packages and the real servers and drivers the tests
-# run apps on (pytest, mypy, uvloop, uvicorn, asyncpg, psycopg, psycopg_pool).
+# tests need and is missing: Debian's `prometheus` package (for promtool),
+# `logrotate` (the logs tests rotate files with it) and the Python client's
+# test packages and the real servers and drivers the tests run apps on
+# (pytest, mypy, uvloop, uvicorn, asyncpg, psycopg, psycopg_pool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "Installing ${missing[*]} (Debian packages the tests need)"
   as_root apt-get update -qq

@@ -116,6 +116,7 @@ impl Exporter {
             ingest,
             udp: Arc::default(),
             proc_scanner: Arc::default(),
+            logs: Arc::default(),
         };
         let reload_metrics = ReloadMetrics::register(&registry);
         let driver = Arc::new(Driver::new(collect.clone(), &registry));
@@ -234,6 +235,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         registry: exporter.registry.clone(),
         driver: exporter.driver.clone(),
         ingest: exporter.shared.ingest.clone(),
+        logs: exporter.shared.logs.clone(),
         telemetry_path: web.telemetry_path.clone(),
         scrape_slots: web.max_requests.map(|n| Arc::new(Semaphore::new(n))),
     });

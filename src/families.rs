@@ -292,6 +292,34 @@ families! {
     PGBOUNCER_MAX_CLIENT_CONNECTIONS = Gauge "loopwatch_pgbouncer_max_client_connections" ["target"]
         "PgBouncer's max_client_conn, sampled every interval.";
 
+    // Logs: the `logs` collector, per configured `log`.
+    LOG_LINES = Counter "loopwatch_log_lines_total" ["log"]
+        "Lines read from the log's files (Docker and CRI partial lines joined into one), sampled every interval.";
+    LOG_READ_BYTES = Counter "loopwatch_log_read_bytes_total" ["log"]
+        "Bytes read from the log's files, sampled every interval.";
+    LOG_MATCHES = Counter "loopwatch_log_matches_total" ["log", "rule"]
+        "Lines that matched the rule: the built-in asyncio rules and the configured ones (whose named groups are extra labels, folded into \"other\" beyond max_label_values), sampled every interval.";
+    LOG_EXCEPTIONS = Counter "loopwatch_log_exceptions_total" ["log", "exception"]
+        "Python tracebacks in the log, by the exception type on their last line (\"other\" beyond max_exceptions types), sampled every interval.";
+    LOG_SLOW_CALLBACK = Histogram "loopwatch_log_slow_callback_seconds" ["log"]
+        "Durations of asyncio's slow-callback warnings in the log (\"Executing <…> took N seconds\"), sampled every interval.";
+    LOG_REPEATED = Counter "loopwatch_log_repeated_total" ["log"]
+        "Lines whose normalised message (numbers, hex ids, UUIDs and quoted values masked) had already been seen repeat.threshold times in the current repeat.window: a log storm, sampled every interval.";
+    LOG_FILES = Gauge "loopwatch_log_files" ["log"]
+        "Files of the log being read: those matching its paths and rotated ones still drained, sampled every interval.";
+    LOG_ROTATIONS = Counter "loopwatch_log_rotations_total" ["log"]
+        "Files of the log that left their path (renamed away by rotation, or deleted); they are read to their end first, sampled every interval.";
+    LOG_TRUNCATIONS = Counter "loopwatch_log_truncations_total" ["log"]
+        "Files of the log found shorter than already read, or rewritten (copytruncate rotation, truncation); read again from their start, sampled every interval.";
+    LOG_LOST_BYTES = Counter "loopwatch_log_lost_bytes_total" ["log"]
+        "Bytes known to be lost: seen but not yet read when their file was truncated, or in a rotated file gone while loopwatch was down, sampled every interval.";
+    LOG_LONG_LINES = Counter "loopwatch_log_long_lines_total" ["log"]
+        "Lines longer than max_line_bytes, cut to that length, sampled every interval.";
+    LOG_PARSE_ERRORS = Counter "loopwatch_log_parse_errors_total" ["log"]
+        "Lines not valid in the log's format (Docker JSON, CRI), skipped, sampled every interval.";
+    LOG_READ_ERRORS = Counter "loopwatch_log_read_errors_total" ["log", "reason"]
+        "Files of the log that could not be opened or read, by reason, sampled every interval.";
+
     // The exporter's own process (the standard names every exporter uses).
     SELF_CPU = Counter "process_cpu_seconds_total" [] "Total user and system CPU time spent in seconds.";
     SELF_OPEN_FDS = Gauge "process_open_fds" [] "Number of open file descriptors.";
@@ -304,6 +332,68 @@ families! {
 
 /// The pool gauges in the order of a pool report: size, max, in use, waiting.
 pub const POOL_GAUGES: [Family; 4] = [POOL_SIZE, POOL_MAX, POOL_IN_USE, POOL_WAITING];
+
+/// Label names that Prometheus, Kubernetes discovery or prometheus-operator
+/// attach to targets: an exported label so named would become `exported_*`.
+pub const TARGET_LABELS: &[&str] = &[
+    "app",
+    "job",
+    "instance",
+    "namespace",
+    "pod",
+    "container",
+    "service",
+    "endpoint",
+    "node",
+    "cluster",
+    "replica",
+    "prometheus",
+    "env",
+    "environment",
+    "region",
+    "zone",
+];
+
+/// `loopwatch_log_matches_total{rule}` of the built-in asyncio rules, in
+/// the order the `logs` collector keeps them.
+pub const LOG_BUILTIN_RULES: [&str; 6] = [
+    "asyncio_task_exception_never_retrieved",
+    "asyncio_slow_callback",
+    "asyncio_run_in_running_loop",
+    "asyncio_task_destroyed_pending",
+    "asyncio_coroutine_never_awaited",
+    "nonetype_not_callable",
+];
+
+/// Buckets of `loopwatch_log_slow_callback_seconds`: asyncio warns from 100 ms on.
+pub const LOG_SLOW_CALLBACK_BUCKETS: [f64; 9] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// `loopwatch_log_read_errors_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogReadError {
+    PermissionDenied,
+    NotAFile,
+    TooManyFiles,
+    Other,
+}
+
+impl LogReadError {
+    pub const ALL: [LogReadError; 4] = [
+        LogReadError::PermissionDenied,
+        LogReadError::NotAFile,
+        LogReadError::TooManyFiles,
+        LogReadError::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogReadError::PermissionDenied => "permission_denied",
+            LogReadError::NotAFile => "not_a_file",
+            LogReadError::TooManyFiles => "too_many_files",
+            LogReadError::Other => "other",
+        }
+    }
+}
 
 /// `loopwatch_ingest_messages_total{transport}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::families::{self, Family};
@@ -39,14 +41,61 @@ impl FamilyBuilder {
     pub fn gauge(&mut self, family: &Family, values: &[&str], value: f64) {
         let mut gauge = Gauge::default();
         gauge.set_value(value);
-        self.add(family, values, MetricType::GAUGE, |m| m.set_gauge(gauge));
+        self.add(family, values, &[], MetricType::GAUGE, |m| {
+            m.set_gauge(gauge)
+        });
     }
 
     pub fn counter(&mut self, family: &Family, values: &[&str], value: f64) {
         let mut counter = Counter::default();
         counter.set_value(value);
-        self.add(family, values, MetricType::COUNTER, |m| {
+        self.add(family, values, &[], MetricType::COUNTER, |m| {
             m.set_counter(counter)
+        });
+    }
+
+    /// A counter sample with labels beyond the family's own (a log rule's
+    /// named groups): `extra` names must not repeat the family's.
+    pub fn counter_with(
+        &mut self,
+        family: &Family,
+        values: &[&str],
+        extra: &[(&str, &str)],
+        value: f64,
+    ) {
+        let mut counter = Counter::default();
+        counter.set_value(value);
+        self.add(family, values, extra, MetricType::COUNTER, |m| {
+            m.set_counter(counter)
+        });
+    }
+
+    /// A histogram sample: `buckets` are (upper bound, cumulative count),
+    /// without `+Inf` (the encoder adds it from `count`).
+    pub fn histogram(
+        &mut self,
+        family: &Family,
+        values: &[&str],
+        buckets: &[(f64, u64)],
+        count: u64,
+        sum: f64,
+    ) {
+        let mut histogram = Histogram::default();
+        histogram.set_sample_count(count);
+        histogram.set_sample_sum(sum);
+        histogram.set_bucket(
+            buckets
+                .iter()
+                .map(|&(upper, cumulative)| {
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(upper);
+                    b.set_cumulative_count(cumulative);
+                    b
+                })
+                .collect(),
+        );
+        self.add(family, values, &[], MetricType::HISTOGRAM, |m| {
+            m.set_histogram(histogram)
         });
     }
 
@@ -54,6 +103,7 @@ impl FamilyBuilder {
         &mut self,
         family: &Family,
         values: &[&str],
+        extra: &[(&str, &str)],
         kind: MetricType,
         set: impl FnOnce(&mut Metric),
     ) {
@@ -72,6 +122,7 @@ impl FamilyBuilder {
             .iter()
             .copied()
             .zip(values.iter().copied())
+            .chain(extra.iter().copied())
             .collect();
         labels.sort_unstable_by_key(|(name, _)| *name);
         let mut metric = Metric::from_label(label_pairs(&labels));

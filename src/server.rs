@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tower_http::compression::CompressionLayer;
 
 use crate::collector::Driver;
+use crate::collector::logs::LogStates;
 use crate::families::Transport;
 use crate::ingest::Ingest;
 use crate::metrics::{TEXT_CONTENT_TYPE, encode_with};
@@ -28,6 +29,8 @@ pub struct ServerState {
     pub registry: Registry,
     pub driver: Arc<Driver>,
     pub ingest: Arc<Ingest>,
+    /// The logs' top offenders, read-only.
+    pub logs: Arc<LogStates>,
     pub telemetry_path: String,
     /// Concurrent scrapes allowed (`--web.max-requests`); `None`: no limit.
     pub scrape_slots: Option<Arc<Semaphore>>,
@@ -185,6 +188,18 @@ async fn landing(State(state): State<Arc<ServerState>>) -> Html<String> {
     if sites.is_empty() {
         sites.push_str("<tr><td colspan=\"4\">No stalls reported.</td></tr>\n");
     }
+    let mut storms = String::new();
+    for t in state.logs.top_offenders() {
+        storms.push_str(&format!(
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>\n",
+            escape(&t.log),
+            escape(&t.message),
+            t.count
+        ));
+    }
+    if storms.is_empty() {
+        storms.push_str("<tr><td colspan=\"3\">No log lines read yet.</td></tr>\n");
+    }
     let path = escape(&state.telemetry_path);
     Html(format!(
         r#"<!DOCTYPE html>
@@ -205,6 +220,10 @@ async fn landing(State(state): State<Arc<ServerState>>) -> Html<String> {
 <h2>Top blocking sites</h2>
 <table><tr><th>app_name</th><th>loop</th><th>site</th><th>stalls</th></tr>
 {sites}</table>
+<h2>Most repeated log messages</h2>
+<p>Per log, the normalised message seen most often in the current (or, while that has fewer, the previous) <code>repeat.window</code>.</p>
+<table><tr><th>log</th><th>message</th><th>count</th></tr>
+{storms}</table>
 </body></html>
 "#,
         version = version::VERSION,
@@ -267,6 +286,7 @@ mod tests {
             registry,
             driver: driver.clone(),
             ingest,
+            logs: Arc::default(),
             telemetry_path: "/metrics".into(),
             scrape_slots: None,
         });

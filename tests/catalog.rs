@@ -60,11 +60,27 @@ fn exported() -> (String, BTreeSet<String>) {
         ),
     );
     let dir = tempfile::tempdir().expect("tempdir");
+    // A log with a traceback and a line after it, so every logs family has a series.
+    let log = dir.path().join("svc.log");
+    std::fs::write(
+        &log,
+        "Traceback (most recent call last):\n  File \"app.py\", line 1, in f\nValueError: bad\nrate limited by github\n",
+    )
+    .expect("log");
     let config = dir.path().join("loopwatch.yml");
     std::fs::write(
         &config,
         format!(
-            "{}postgres:
+            "{}logs:
+  - name: svc
+    paths: ['{}']
+    start_at: beginning
+    interval: 200ms
+    timeout: 200ms
+    rules:
+      - name: ratelimited
+        regex: 'rate limited by (?P<api>\\w+)'
+postgres:
   - name: db
     dsn: '{}'
     interval: 200ms
@@ -92,6 +108,7 @@ ratelimits:
     tokens: [{{name: ci, token: catalog-token}}]
 ",
             with_free_udp("").0,
+            log.display(),
             cluster.dsn("postgres", ""),
             bouncer.admin_dsn(),
             api.base_url()

@@ -44,6 +44,7 @@ impl Harness {
             registry: exporter.registry.clone(),
             driver: exporter.driver.clone(),
             ingest: exporter.shared.ingest.clone(),
+            logs: exporter.shared.logs.clone(),
             telemetry_path: "/metrics".into(),
             scrape_slots,
         });

@@ -6,6 +6,7 @@
 //! the schedule and records duration, success, last success and errors.
 
 pub(crate) mod driver;
+pub mod logs;
 pub(crate) mod pgbouncer;
 pub(crate) mod postgres;
 pub mod processes;
@@ -153,6 +154,8 @@ pub struct Shared {
     /// The UDP receiver, kept across reloads.
     pub udp: Arc<udp_ingest::UdpSlot>,
     pub proc_scanner: Arc<processes::ProcScanner>,
+    /// The logs' positions and counters, kept across reloads.
+    pub logs: Arc<logs::LogStates>,
 }
 
 /// Every collector the configuration asks for: one line per kind, each
@@ -171,5 +174,6 @@ pub fn build_collectors(
     built.extend(postgres::build(&config.postgres)?);
     built.extend(pgbouncer::build(&config.pgbouncer));
     built.extend(ratelimits::build(&config.ratelimits)?);
+    built.extend(logs::build(&config.logs, shared));
     Ok(built)
 }

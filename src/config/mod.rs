@@ -13,12 +13,13 @@
 //!
 //! - `schema`: the serde structs, as written, with their defaults;
 //! - `validate`: the checks and the resolution, section by section in
-//!   `web`, `processes`, `postgres`, `ratelimits` (each beside its resolved types);
+//!   `web`, `processes`, `postgres`, `ratelimits`, `logs` (each beside its resolved types);
 //! - `error`: [`Problem`] and [`ConfigError`]; `locate`: key path → line:column;
 //! - `secret`: `${ENV}` and `*_file` secrets.
 
 mod error;
 mod locate;
+mod logs;
 mod postgres;
 mod processes;
 mod ratelimits;
@@ -31,10 +32,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use error::{ConfigError, Problem};
+pub use logs::{LogRule, LogTarget};
 pub use postgres::{PgBouncerTarget, PostgresTarget};
 pub use processes::{ProcessGroup, ProcessMatchers};
 pub use ratelimits::RateLimitTarget;
-pub use schema::{HttpMethod, IngestConfig, RateLimitKind, RawConfig, ResetFormat, RuntimeConfig};
+pub use schema::{
+    HttpMethod, IngestConfig, LogFormat, LogRepeatConfig, RateLimitKind, RawConfig, ResetFormat,
+    RuntimeConfig, StartAt,
+};
 pub use web::{Web, WebFlags, parse_listen_address};
 
 /// The configuration loopwatch runs on when no file is given: it watches its
@@ -55,18 +60,20 @@ pub struct ResolvedConfig {
     pub postgres: Vec<PostgresTarget>,
     pub pgbouncer: Vec<PgBouncerTarget>,
     pub ratelimits: Vec<RateLimitTarget>,
+    pub logs: Vec<LogTarget>,
 }
 
 impl ResolvedConfig {
     /// A one-line summary for `check-config` and the reload log.
     pub fn summary(&self) -> String {
         format!(
-            "runtime watch {}, {} process group(s), {} PostgreSQL, {} PgBouncer and {} rate-limit target(s), UDP ingest {}",
+            "runtime watch {}, {} process group(s), {} PostgreSQL, {} PgBouncer and {} rate-limit target(s), {} log(s), UDP ingest {}",
             if self.runtime.enabled { "on" } else { "off" },
             self.processes.len(),
             self.postgres.len(),
             self.pgbouncer.len(),
             self.ratelimits.len(),
+            self.logs.len(),
             match self.udp_listen_address {
                 None => "off".to_owned(),
                 Some(addr) => addr.to_string(),

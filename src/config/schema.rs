@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub pgbouncer: Vec<PgBouncerTargetConfig>,
     /// API rate limits to poll.
     pub ratelimits: Vec<RateLimitTargetConfig>,
+    /// Log files to tail and match.
+    pub logs: Vec<LogTargetConfig>,
 }
 
 /// The HTTP server; command-line flags override each key.
@@ -385,4 +387,156 @@ fn default_process_interval() -> Duration {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+/// How the lines of a tailed log are framed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One message per line.
+    #[default]
+    Plain,
+    /// Docker's `json-file` driver: `{"log":"…\n","stream":"stderr","time":"…"}`,
+    /// lines split by Docker (no trailing newline) joined again.
+    Docker,
+    /// Kubernetes CRI (`/var/log/pods`): `<time> <stream> <P|F> <message>`,
+    /// `P` (partial) lines joined up to the next `F`.
+    Cri,
+}
+
+/// Where a file seen for the first time is read from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// Only what is written after loopwatch starts.
+    #[default]
+    End,
+    /// The whole file.
+    Beginning,
+}
+
+/// A log to tail: files and globs read as one stream of lines, counted as `log`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogTargetConfig {
+    /// The `log` label value.
+    pub name: String,
+    /// Files and globs (`*`, `?`, `[…]` within a path component); files that
+    /// start to match are picked up at each poll and read from their start.
+    pub paths: Vec<String>,
+    /// How lines are framed: `plain`, `docker` or `cri`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Where files present at startup and unknown to the state file are read
+    /// from: `end` (default) or `beginning`.
+    #[serde(default)]
+    pub start_at: StartAt,
+    /// A file where read positions are kept across restarts, so that no
+    /// line is counted twice or skipped; written after each poll that read.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// Match the built-in asyncio rules and Python tracebacks.
+    #[serde(default = "default_true")]
+    pub builtin_rules: bool,
+    /// Your own rules.
+    #[serde(default)]
+    pub rules: Vec<LogRuleConfig>,
+    /// The repetition (log storm) detector.
+    #[serde(default)]
+    pub repeat: LogRepeatConfig,
+    /// Exception types from tracebacks kept apart at most; more fold into `other`.
+    #[serde(default = "default_log_max_exceptions")]
+    pub max_exceptions: usize,
+    /// Bytes of one line kept at most; longer lines are cut and counted.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Bytes read from one file per poll at most; the rest waits for the next poll.
+    #[serde(default = "default_max_read_bytes")]
+    pub max_read_bytes: usize,
+    /// Files read at once at most (matching files and rotated ones still
+    /// read); files beyond it wait and count as `too_many_files` errors.
+    #[serde(default = "default_max_files")]
+    pub max_files: usize,
+    /// How long a file renamed away (rotated) is still read after it stopped
+    /// growing: the writer may not have reopened the new file yet.
+    #[serde(default = "default_rotate_wait", with = "humantime_serde")]
+    pub rotate_wait: Duration,
+    /// How often the files are read.
+    #[serde(default = "default_log_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one read of all files may take.
+    #[serde(default = "default_log_interval", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// A user rule: lines matching `regex` count in
+/// `loopwatch_log_matches_total{log, rule}`, with the named groups as labels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogRuleConfig {
+    /// The `rule` label value.
+    pub name: String,
+    /// A regular expression (Rust `regex` syntax) searched in each line;
+    /// its named groups `(?P<api>…)` become labels.
+    pub regex: String,
+    /// Distinct label value combinations kept apart at most; more fold into `other`.
+    #[serde(default = "default_max_label_values")]
+    pub max_label_values: usize,
+}
+
+/// The same message (numbers, hex ids, UUIDs and quoted values masked) seen
+/// more than `threshold` times within `window` is a log storm: each further
+/// line counts in `loopwatch_log_repeated_total`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogRepeatConfig {
+    /// The window the repetitions are counted in.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Repetitions within a window allowed before lines count as repeated.
+    pub threshold: u64,
+    /// Distinct messages tracked per window at most.
+    pub max_messages: usize,
+}
+
+impl Default for LogRepeatConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(60),
+            threshold: 100,
+            max_messages: 10_000,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_log_max_exceptions() -> usize {
+    50
+}
+
+fn default_max_line_bytes() -> usize {
+    16 * 1024
+}
+
+fn default_max_read_bytes() -> usize {
+    8 * 1024 * 1024
+}
+
+fn default_max_files() -> usize {
+    1_000
+}
+
+fn default_rotate_wait() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_log_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_max_label_values() -> usize {
+    20
 }
