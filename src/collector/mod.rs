@@ -7,6 +7,7 @@
 
 pub(crate) mod driver;
 pub(crate) mod pgbouncer;
+pub(crate) mod pgwire;
 pub(crate) mod postgres;
 pub mod processes;
 pub(crate) mod ratelimits;
@@ -38,11 +39,14 @@ pub enum Reason {
     Io,
     Http4xx,
     Http5xx,
+    /// A TLS handshake or certificate failure, or a server that refused TLS
+    /// where the target requires it (#15).
+    Tls,
     Other,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Timeout,
         Reason::Connect,
         Reason::Auth,
@@ -50,6 +54,7 @@ impl Reason {
         Reason::Io,
         Reason::Http4xx,
         Reason::Http5xx,
+        Reason::Tls,
         Reason::Other,
     ];
 
@@ -62,6 +67,7 @@ impl Reason {
             Reason::Io => "io",
             Reason::Http4xx => "http_4xx",
             Reason::Http5xx => "http_5xx",
+            Reason::Tls => "tls",
             Reason::Other => "other",
         }
     }
@@ -137,6 +143,13 @@ pub enum BuildError {
         #[source]
         source: deadpool_postgres::BuildError,
     },
+    #[error("{kind} target {target}: cannot set up TLS")]
+    Tls {
+        kind: &'static str,
+        target: String,
+        #[source]
+        source: tokio_rustls::rustls::Error,
+    },
     #[error("ratelimits target {target}: cannot build the HTTP client")]
     HttpClient {
         target: String,
@@ -169,7 +182,7 @@ pub fn build_collectors(
         .set_polled_ratelimits(ratelimits::polled_budgets(&config.ratelimits));
     built.extend(processes::build(&config.processes, shared));
     built.extend(postgres::build(&config.postgres)?);
-    built.extend(pgbouncer::build(&config.pgbouncer));
+    built.extend(pgbouncer::build(&config.pgbouncer)?);
     built.extend(ratelimits::build(&config.ratelimits)?);
     Ok(built)
 }

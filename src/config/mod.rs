@@ -15,10 +15,12 @@
 //! - `validate`: the checks and the resolution, section by section in
 //!   `web`, `processes`, `postgres`, `ratelimits` (each beside its resolved types);
 //! - `error`: [`Problem`] and [`ConfigError`]; `locate`: key path → line:column;
-//! - `secret`: `${ENV}` and `*_file` secrets.
+//! - `secret`: `${ENV}` and `*_file` secrets;
+//! - `pgtls`: the TLS keys of a PostgreSQL DSN and the wire limits (#15).
 
 mod error;
 mod locate;
+mod pgtls;
 mod postgres;
 mod processes;
 mod ratelimits;
@@ -31,6 +33,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use error::{ConfigError, Problem};
+pub use pgtls::{ClientIdentity, PgWire, SslMode};
 pub use postgres::{PgBouncerTarget, PostgresTarget};
 pub use processes::{ProcessGroup, ProcessMatchers};
 pub use ratelimits::RateLimitTarget;
