@@ -156,7 +156,10 @@ impl Connector {
 
     /// A connection by `config` (hosts tried in order, each attempt within
     /// `connect_timeout`), its stream guarded.
-    pub async fn connect(&self, config: &Config) -> Result<(Client, PgConnection), tokio_postgres::Error> {
+    pub async fn connect(
+        &self,
+        config: &Config,
+    ) -> Result<(Client, PgConnection), tokio_postgres::Error> {
         let timeout = config
             .get_connect_timeout()
             .copied()
@@ -355,9 +358,10 @@ fn client_config(wire: &PgWire) -> Result<ClientConfig, rustls::Error> {
             for cert in &wire.root_certs {
                 roots.add(cert.clone())?;
             }
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?;
             if wire.ssl_mode == SslMode::VerifyFull {
                 webpki
             } else {
@@ -594,7 +598,12 @@ impl Scanner {
             }
             self.header_len = 0;
             let kind = char::from(self.header[0]);
-            let len = u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
+            let len = u32::from_be_bytes([
+                self.header[1],
+                self.header[2],
+                self.header[3],
+                self.header[4],
+            ]);
             if len < 4 {
                 return Err(WireError::BadLength { kind, len });
             }
@@ -606,7 +615,11 @@ impl Scanner {
                 });
             }
             self.body_left = u64::from(len) - 4;
-            self.auth_left = if kind == 'R' && self.body_left >= 4 { 4 } else { 0 };
+            self.auth_left = if kind == 'R' && self.body_left >= 4 {
+                4
+            } else {
+                0
+            };
         }
         Ok(())
     }
@@ -626,7 +639,7 @@ mod tests {
     #[test]
     fn follows_messages_split_anywhere() {
         let mut stream = message(b'R', &0u32.to_be_bytes());
-        stream.extend(message(b'S', b"server_version\016\0"));
+        stream.extend(message(b'S', b"server_version\x0016\0"));
         stream.extend(message(b'Z', b"I"));
         for chunk in 1..stream.len() {
             let mut s = Scanner::new(1024, false);
@@ -661,12 +674,15 @@ mod tests {
         // md5 (5) and SASL (10) pass.
         let mut s = Scanner::new(1024, false);
         s.feed(&message(b'R', &[0, 0, 0, 5, 1, 2, 3, 4])).unwrap();
-        s.feed(&message(b'R', b"\0\0\0\x0aSCRAM-SHA-256\0\0")).unwrap();
+        s.feed(&message(b'R', b"\0\0\0\x0aSCRAM-SHA-256\0\0"))
+            .unwrap();
     }
 
     #[test]
     fn a_length_below_four_is_refused() {
-        let e = Scanner::new(1024, false).feed(&[b'Z', 0, 0, 0, 3]).unwrap_err();
+        let e = Scanner::new(1024, false)
+            .feed(&[b'Z', 0, 0, 0, 3])
+            .unwrap_err();
         assert!(matches!(e, WireError::BadLength { .. }));
     }
 }

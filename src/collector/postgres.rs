@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use deadpool_postgres::{Connect, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Connect, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::error::SqlState;
 
 use super::pgwire::{self, Connector, TlsState};

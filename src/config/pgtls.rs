@@ -265,10 +265,7 @@ fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, PgTlsError> {
     Ok(bytes)
 }
 
-fn read_certs(
-    key: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, PgTlsError> {
+fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, PgTlsError> {
     let bytes = read_pem(key, path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
@@ -409,7 +406,10 @@ mod tests {
         };
         assert_eq!(wire(None).unwrap(), SslMode::Prefer);
         assert_eq!(wire(Some("require")).unwrap(), SslMode::Require);
-        assert!(matches!(wire(Some("verify-full")), Err(PgTlsError::NoRoot(_))));
+        assert!(matches!(
+            wire(Some("verify-full")),
+            Err(PgTlsError::NoRoot(_))
+        ));
         assert!(matches!(wire(Some("allow")), Err(PgTlsError::BadMode(_))));
     }
 

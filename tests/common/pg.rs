@@ -1692,12 +1692,16 @@ impl TestCa {
                 panic!("openssl {args:?}: {e}");
             }
         };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         let mut args = vec!["req", "-x509"];
         args.extend(ec);
-        args.extend([
-            "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj",
-        ]);
+        args.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj"]);
         let subj = format!("/CN={name}");
         args.push(&subj);
         args.extend([
@@ -1709,7 +1713,14 @@ impl TestCa {
         openssl(&args);
         let mut args = vec!["req"];
         args.extend(ec);
-        args.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=loopwatch-test-server"]);
+        args.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=loopwatch-test-server",
+        ]);
         openssl(&args);
         std::fs::write(
             p("ext.cnf"),
@@ -1720,14 +1731,26 @@ impl TestCa {
         )
         .expect("write ext.cnf");
         openssl(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
         ]);
         give_to_server_user(dir.path());
         for f in ["ca.crt", "server.crt", "server.key"] {
             give_to_server_user(&p(f));
-            std::fs::set_permissions(p(f), std::fs::Permissions::from_mode(0o600))
-                .expect("chmod");
+            std::fs::set_permissions(p(f), std::fs::Permissions::from_mode(0o600)).expect("chmod");
         }
         // The CA certificate is public: loopwatch (running as us) reads it.
         std::fs::set_permissions(p("ca.crt"), std::fs::Permissions::from_mode(0o644))
@@ -1749,8 +1772,7 @@ impl PgCluster {
             let dest = self.data_dir().join(to);
             std::fs::copy(from, &dest).expect("copy the certificate");
             give_to_server_user(&dest);
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))
-                .expect("chmod");
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         }
         let conf = self.data_dir().join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
