@@ -383,3 +383,44 @@ fn r15_a_server_asking_for_a_cleartext_password_gets_none() {
         server.got_password.load(Ordering::SeqCst)
     });
 }
+
+#[test]
+fn r15_prefer_never_falls_back_after_a_failed_handshake() {
+    // A "server" that accepts TLS, then answers the handshake with junk.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let plaintext_startups = Arc::new(AtomicUsize::new(0));
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let (plain, shakes) = (plaintext_startups.clone(), handshakes.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(200) {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let Some(first) = read_message(&mut conn) else {
+                continue;
+            };
+            if !first.starts_with(&80877103u32.to_be_bytes()) {
+                // A startup message in plaintext on a fresh connection.
+                plain.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            shakes.fetch_add(1, Ordering::SeqCst);
+            let _ = conn.write_all(b"S");
+            let mut hello = [0u8; 5];
+            let _ = conn.read_exact(&mut hello);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    let lw = Exporter::start_with_config(&fake_target(port, ""), &[]);
+    let text = wait_for_metrics(&lw, Duration::from_secs(20), "tls errors", |t| {
+        errors(t, "postgres", "fake", "tls") >= 2.0
+    });
+    assert_eq!(pg(&text, "up", "fake"), Some(0.0));
+    assert!(handshakes.load(Ordering::SeqCst) >= 2);
+    assert_eq!(
+        plaintext_startups.load(Ordering::SeqCst),
+        0,
+        "fell back to plaintext"
+    );
+    assert!(lw.stderr().contains("sslmode=prefer"), "{}", lw.stderr());
+}
