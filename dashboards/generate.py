@@ -278,7 +278,7 @@ def overview():
                  "s", [target(f'loopwatch_collector_duration_seconds{{{SEL}}}', "{{collector}}/{{target}} {{instance}}")], 12, 12)
     b.down(8)
 
-    b.timeseries("Collector errors by reason", "Failed polls per second by collector target and reason (timeout, connect, auth, parse, io, http_4xx, http_5xx, other), from loopwatch_collector_errors_total. Only reasons with errors are drawn: no data means no errors.",
+    b.timeseries("Collector errors by reason", "Failed polls per second by collector target and reason (timeout, connect, auth, parse, io, http_4xx, http_5xx, tls, other), from loopwatch_collector_errors_total. Only reasons with errors are drawn: no data means no errors.",
                  "cps", [target(f'sum by (instance, collector, target, reason) (rate(loopwatch_collector_errors_total{{{SEL}}}[{RI}])) > 0', "{{collector}}/{{target}} {{reason}} {{instance}}")], 0, 12)
     b.timeseries("Config reloads", "Configuration reloads per interval by result (loopwatch_config_reloads_total). A failure leaves the previous configuration running.",
                  "short", [target(f'sum by (instance, result) (increase(loopwatch_config_reloads_total{{{SEL}}}[{RI}]))', "{{result}} {{instance}}")], 12, 12)
@@ -569,6 +569,13 @@ def database():
            "none", [target(f'loopwatch_pgbouncer_up{{{PGB}}}', TGT, instant=True)], 18, 6, h=6,
            steps=[("red", None), ("green", 1)], mappings=okmap("UP", "DOWN"), text_mode="value_and_name")
     b.down(6)
+    b.stat("PostgreSQL over TLS", "Whether loopwatch's latest connection to each selected PostgreSQL target is encrypted (loopwatch_pg_tls). PLAINTEXT: sslmode=disable, a Unix socket, or sslmode=prefer (the default) against a server without TLS; set sslmode=verify-full in the DSN to make TLS a requirement. A failing TLS handshake is not shown here: it is pg_up 0 with collector error reason tls.",
+           "none", [target(f'loopwatch_pg_tls{{{PG}}}', TGT, instant=True)], 0, 12, h=4,
+           steps=[("orange", None), ("green", 1)], mappings=okmap("TLS", "PLAINTEXT"), text_mode="value_and_name")
+    b.stat("PgBouncer over TLS", "Whether loopwatch's connection to each selected PgBouncer admin console is encrypted (loopwatch_pgbouncer_tls). PLAINTEXT: sslmode=disable, a Unix socket, or sslmode=prefer against a PgBouncer without client_tls_sslmode.",
+           "none", [target(f'loopwatch_pgbouncer_tls{{{PGB}}}', TGT, instant=True)], 12, 12, h=4,
+           steps=[("orange", None), ("green", 1)], mappings=okmap("TLS", "PLAINTEXT"), text_mode="value_and_name")
+    b.down(4)
 
     # ------------------------------------------------------------ PostgreSQL, one row per target
     b.row("PostgreSQL $target", repeat="target")

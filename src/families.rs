@@ -251,6 +251,8 @@ families! {
     // PostgreSQL.
     PG_UP = Gauge "loopwatch_pg_up" ["target"]
         "Whether the last poll of the PostgreSQL target succeeded, sampled every interval.";
+    PG_TLS = Gauge "loopwatch_pg_tls" ["target"]
+        "Whether loopwatch's latest connection to the PostgreSQL target is TLS (1) or plaintext (0; sslmode=prefer fell back, or disable), sampled every interval.";
     PG_MAX_CONNECTIONS = Gauge "loopwatch_pg_max_connections" ["target"]
         "The server's max_connections, sampled every interval.";
     PG_RESERVED_CONNECTIONS = Gauge "loopwatch_pg_reserved_connections" ["target"]
@@ -273,6 +275,8 @@ families! {
     // PgBouncer.
     PGBOUNCER_UP = Gauge "loopwatch_pgbouncer_up" ["target"]
         "Whether the last poll of the PgBouncer admin console succeeded, sampled every interval.";
+    PGBOUNCER_TLS = Gauge "loopwatch_pgbouncer_tls" ["target"]
+        "Whether loopwatch's connection to the PgBouncer admin console is TLS (1) or plaintext (0; sslmode=prefer fell back, or disable), sampled every interval.";
     PGBOUNCER_CLIENTS = Gauge "loopwatch_pgbouncer_clients" ["target", "database", "user", "state"]
         "Client connections of the pool by state, sampled every interval.";
     PGBOUNCER_SERVERS = Gauge "loopwatch_pgbouncer_servers" ["target", "database", "user", "state"]

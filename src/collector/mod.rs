@@ -8,6 +8,7 @@
 pub(crate) mod driver;
 pub mod logs;
 pub(crate) mod pgbouncer;
+pub(crate) mod pgwire;
 pub(crate) mod postgres;
 pub mod processes;
 pub(crate) mod ratelimits;
@@ -39,11 +40,14 @@ pub enum Reason {
     Io,
     Http4xx,
     Http5xx,
+    /// A TLS handshake or certificate failure, or a server that refused TLS
+    /// where the target requires it (#15).
+    Tls,
     Other,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Timeout,
         Reason::Connect,
         Reason::Auth,
@@ -51,6 +55,7 @@ impl Reason {
         Reason::Io,
         Reason::Http4xx,
         Reason::Http5xx,
+        Reason::Tls,
         Reason::Other,
     ];
 
@@ -63,6 +68,7 @@ impl Reason {
             Reason::Io => "io",
             Reason::Http4xx => "http_4xx",
             Reason::Http5xx => "http_5xx",
+            Reason::Tls => "tls",
             Reason::Other => "other",
         }
     }
@@ -138,6 +144,13 @@ pub enum BuildError {
         #[source]
         source: deadpool_postgres::BuildError,
     },
+    #[error("{kind} target {target}: cannot set up TLS")]
+    Tls {
+        kind: &'static str,
+        target: String,
+        #[source]
+        source: tokio_rustls::rustls::Error,
+    },
     #[error("ratelimits target {target}: cannot build the HTTP client")]
     HttpClient {
         target: String,
@@ -172,7 +185,7 @@ pub fn build_collectors(
         .set_polled_ratelimits(ratelimits::polled_budgets(&config.ratelimits));
     built.extend(processes::build(&config.processes, shared));
     built.extend(postgres::build(&config.postgres)?);
-    built.extend(pgbouncer::build(&config.pgbouncer));
+    built.extend(pgbouncer::build(&config.pgbouncer)?);
     built.extend(ratelimits::build(&config.ratelimits)?);
     built.extend(logs::build(&config.logs, shared));
     Ok(built)

@@ -2,28 +2,37 @@
 //! configured limits, read from the admin console (`SHOW POOLS`,
 //! `SHOW DATABASES`, `SHOW CONFIG`, `SHOW STATS`) over one kept connection.
 
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage, SimpleQueryRow};
+use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
 
-use super::{BoxFuture, Built, CollectError, Job, Periodic};
+use super::pgwire::Connector;
+use super::{BoxFuture, BuildError, Built, CollectError, Job, Periodic};
 use crate::config::PgBouncerTarget;
 use crate::families;
 use crate::metrics::{Families, FamilyBuilder};
 
-pub fn build(targets: &[PgBouncerTarget]) -> Vec<Built> {
+pub fn build(targets: &[PgBouncerTarget]) -> Result<Vec<Built>, BuildError> {
     targets
         .iter()
-        .map(|t| Built {
-            kind: "pgbouncer",
-            target: t.name.clone(),
-            job: Job::Periodic {
-                interval: t.interval,
-                timeout: t.timeout,
-                collector: Box::new(PgBouncerPoller {
-                    name: t.name.clone(),
-                    config: t.connection.clone(),
-                    client: None,
-                }),
-            },
+        .map(|t| {
+            let connector = Connector::new(&t.wire).map_err(|source| BuildError::Tls {
+                kind: "pgbouncer",
+                target: t.name.clone(),
+                source,
+            })?;
+            Ok(Built {
+                kind: "pgbouncer",
+                target: t.name.clone(),
+                job: Job::Periodic {
+                    interval: t.interval,
+                    timeout: t.timeout,
+                    collector: Box::new(PgBouncerPoller {
+                        name: t.name.clone(),
+                        config: t.connection.clone(),
+                        connector,
+                        client: None,
+                    }),
+                },
+            })
         })
         .collect()
 }
@@ -31,6 +40,7 @@ pub fn build(targets: &[PgBouncerTarget]) -> Vec<Built> {
 struct PgBouncerPoller {
     name: String,
     config: tokio_postgres::Config,
+    connector: Connector,
     /// Kept between polls; dropped after any error.
     client: Option<Client>,
 }
@@ -66,7 +76,8 @@ impl PgBouncerPoller {
         let client = match self.client.take() {
             Some(c) if !c.is_closed() => c,
             _ => {
-                let (client, connection) = self.config.connect(NoTls).await.map_err(error)?;
+                let (client, connection) =
+                    self.connector.connect(&self.config).await.map_err(error)?;
                 tokio::spawn(async move {
                     // Ends when the client is dropped or the server goes away.
                     let _ = connection.await;
@@ -83,6 +94,9 @@ impl PgBouncerPoller {
         let mut b = FamilyBuilder::default();
         let name = self.name.as_str();
         b.gauge(&families::PGBOUNCER_UP, &[name], 1.0);
+        if let Some(tls) = self.connector.state.get() {
+            b.gauge(&families::PGBOUNCER_TLS, &[name], f64::from(u8::from(tls)));
+        }
         for row in &pools {
             let (database, user) = (text(row, "database"), text(row, "user"));
             for (column, state) in [("cl_active", "active"), ("cl_waiting", "waiting")] {

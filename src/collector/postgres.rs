@@ -11,9 +11,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use std::sync::Arc;
+
+use deadpool_postgres::{
+    Connect, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::error::SqlState;
+
+use super::pgwire::{self, Connector, TlsState};
 
 use super::{BoxFuture, BuildError, Built, CollectError, Job, Periodic, Reason};
 use crate::config::PostgresTarget;
@@ -41,15 +46,22 @@ pub fn build(targets: &[PostgresTarget]) -> Result<Vec<Built>, BuildError> {
 struct PostgresPoller {
     name: String,
     pool: Pool,
+    tls: Arc<TlsState>,
     slow_query_threshold: Duration,
     max_connection_series: usize,
 }
 
 impl PostgresPoller {
     fn new(t: &PostgresTarget) -> Result<Self, BuildError> {
-        let manager = Manager::from_config(
+        let connector = Connector::new(&t.wire).map_err(|source| BuildError::Tls {
+            kind: "postgres",
+            target: t.name.clone(),
+            source,
+        })?;
+        let tls = connector.state.clone();
+        let manager = Manager::from_connect(
             t.connection.clone(),
-            NoTls,
+            PoolConnect(connector),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -68,6 +80,7 @@ impl PostgresPoller {
         Ok(Self {
             name: t.name.clone(),
             pool,
+            tls,
             slow_query_threshold: t.slow_query_threshold,
             max_connection_series: t.max_connection_series,
         })
@@ -92,9 +105,36 @@ impl PostgresPoller {
     }
 }
 
+/// deadpool opens connections through loopwatch's own wire (TLS, guard).
+struct PoolConnect(Connector);
+
+impl Connect for PoolConnect {
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> BoxFuture<
+        '_,
+        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let pg_config = pg_config.clone();
+        Box::pin(async move {
+            let (client, connection) = self.0.connect(&pg_config).await?;
+            let handle = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "PostgreSQL connection ended");
+                }
+            });
+            Ok((client, handle))
+        })
+    }
+}
+
 /// Maps a failure to a bounded reason, keeping the server's words (which
 /// never include the password).
 pub fn classify(e: &tokio_postgres::Error) -> CollectError {
+    if let Some(wire) = pgwire::wire_error(e) {
+        return CollectError::new(wire.reason(), wire.to_string());
+    }
     let code = e.code();
     let reason = if code == Some(&SqlState::INVALID_PASSWORD)
         || code == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
@@ -168,6 +208,9 @@ impl Periodic for PostgresPoller {
 
             let mut b = FamilyBuilder::default();
             self.up(&mut b, true);
+            if let Some(tls) = self.tls.get() {
+                b.gauge(&families::PG_TLS, &[&self.name], f64::from(u8::from(tls)));
+            }
             let target = [self.name.as_str()];
             let value = |i: usize| -> f64 { summary.get::<_, f64>(i) };
             // In the order of SUMMARY_SQL's columns.

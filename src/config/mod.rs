@@ -15,11 +15,13 @@
 //! - `validate`: the checks and the resolution, section by section in
 //!   `web`, `processes`, `postgres`, `ratelimits`, `logs` (each beside its resolved types);
 //! - `error`: [`Problem`] and [`ConfigError`]; `locate`: key path → line:column;
-//! - `secret`: `${ENV}` and `*_file` secrets.
+//! - `secret`: `${ENV}` and `*_file` secrets;
+//! - `pgtls`: the TLS keys of a PostgreSQL DSN and the wire limits (#15).
 
 mod error;
 mod locate;
 mod logs;
+mod pgtls;
 mod postgres;
 mod processes;
 mod ratelimits;
@@ -33,6 +35,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use logs::{LogRule, LogTarget};
+pub use pgtls::{ClientIdentity, PgWire, SslMode};
 pub use postgres::{PgBouncerTarget, PostgresTarget};
 pub use processes::{ProcessGroup, ProcessMatchers};
 pub use ratelimits::RateLimitTarget;

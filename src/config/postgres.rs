@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::error::Problems;
+use super::pgtls::{self, PgTlsError, PgWire};
 use super::schema::{PgBouncerTargetConfig, PostgresTargetConfig};
 use super::secret::{self, Secret, SecretError};
 use super::validate::{check_label_value, check_schedule};
@@ -26,6 +27,8 @@ pub struct PostgresTarget {
     pub max_connections: usize,
     pub slow_query_threshold: Duration,
     pub max_connection_series: usize,
+    /// TLS, cleartext-password and message-size settings (#15).
+    pub wire: PgWire,
 }
 
 /// A PgBouncer admin console to poll.
@@ -37,6 +40,8 @@ pub struct PgBouncerTarget {
     pub timeout: Duration,
     /// Connection settings of the admin console (dbname `pgbouncer` unless given).
     pub connection: tokio_postgres::Config,
+    /// TLS, cleartext-password and message-size settings (#15).
+    pub wire: PgWire,
 }
 
 /// Why a target's connection settings could not be built; each names its key.
@@ -51,7 +56,16 @@ enum ConnectionError {
     Password(SecretError),
     #[error("the password is given both in the dsn and in password/password_file")]
     PasswordTwice,
+    #[error("{0}")]
+    Tls(PgTlsError),
+    #[error("must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES}")]
+    MessageBytes,
 }
+
+/// Bounds of `max_message_bytes`: a server's parameter and error messages
+/// must fit; 1 GiB is PostgreSQL's own limit for a field.
+const MIN_MESSAGE_BYTES: usize = 64 << 10;
+const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
 impl ConnectionError {
     fn key(&self) -> &'static str {
@@ -59,6 +73,8 @@ impl ConnectionError {
             ConnectionError::DsnEnv(_) | ConnectionError::DsnSyntax(_) => "dsn",
             ConnectionError::Password(e) => e.key("password", "password_file"),
             ConnectionError::PasswordTwice => "password",
+            ConnectionError::Tls(_) => "dsn",
+            ConnectionError::MessageBytes => "max_message_bytes",
         }
     }
 }
@@ -68,15 +84,29 @@ fn connect_timeout(given: Option<Duration>, timeout: Duration) -> Duration {
     given.unwrap_or(Duration::from_secs(3).min(timeout))
 }
 
-/// A connection string with `${ENV}` expanded and the password from
-/// `password`/`password_file`.
-fn connection(
-    dsn: &Secret,
-    password: Option<&Secret>,
-    password_file: Option<&std::path::Path>,
-) -> Result<tokio_postgres::Config, ConnectionError> {
-    let dsn = secret::expand_env(dsn.expose()).map_err(ConnectionError::DsnEnv)?;
+/// The keys both sections share that say how to reach the server.
+struct Endpoint<'a> {
+    dsn: &'a Secret,
+    password: Option<&'a Secret>,
+    password_file: Option<&'a std::path::Path>,
+    allow_cleartext_password: bool,
+    max_message_bytes: usize,
+}
+
+/// A connection string with `${ENV}` expanded, the password from
+/// `password`/`password_file`, and its TLS keys resolved apart (loopwatch
+/// negotiates TLS itself, so tokio-postgres is told `sslmode=disable`).
+fn connection(e: &Endpoint<'_>) -> Result<(tokio_postgres::Config, PgWire), ConnectionError> {
+    let dsn = secret::expand_env(e.dsn.expose()).map_err(ConnectionError::DsnEnv)?;
+    let (dsn, tls) = pgtls::split_tls_params(&dsn);
     let mut config = tokio_postgres::Config::from_str(&dsn).map_err(ConnectionError::DsnSyntax)?;
+    if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&e.max_message_bytes) {
+        return Err(ConnectionError::MessageBytes);
+    }
+    let wire = pgtls::resolve_wire(&tls, e.allow_cleartext_password, e.max_message_bytes)
+        .map_err(ConnectionError::Tls)?;
+    config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let (password, password_file) = (e.password, e.password_file);
     if let Some(password) =
         secret::resolve(password, password_file).map_err(ConnectionError::Password)?
     {
@@ -86,7 +116,7 @@ fn connection(
         config.password(password.expose());
     }
     config.application_name("loopwatch");
-    Ok(config)
+    Ok((config, wire))
 }
 
 /// The checks both sections share: name, schedule, connect timeout.
@@ -128,8 +158,14 @@ pub(super) fn resolve_postgres(
             &t.name,
             (t.interval, t.timeout, t.connect_timeout),
         );
-        let connection = connection(&t.dsn, t.password.as_ref(), t.password_file.as_deref())
-            .map_err(|e| problems.push(format!("{path}.{}", e.key()), e));
+        let connection = connection(&Endpoint {
+            dsn: &t.dsn,
+            password: t.password.as_ref(),
+            password_file: t.password_file.as_deref(),
+            allow_cleartext_password: t.allow_cleartext_password,
+            max_message_bytes: t.max_message_bytes,
+        })
+        .map_err(|e| problems.push(format!("{path}.{}", e.key()), e));
         if t.max_connections == 0 || t.max_connections > 10 {
             problems.push(
                 format!("{path}.max_connections"),
@@ -143,7 +179,7 @@ pub(super) fn resolve_postgres(
             );
         }
         let connect_timeout = connect_timeout(t.connect_timeout, t.timeout);
-        if let Ok(mut connection) = connection {
+        if let Ok((mut connection, wire)) = connection {
             let statement_timeout = t.statement_timeout.unwrap_or(t.timeout);
             connection.connect_timeout(connect_timeout).options(format!(
                 "-c statement_timeout={} -c lock_timeout={}",
@@ -159,6 +195,7 @@ pub(super) fn resolve_postgres(
                 max_connections: t.max_connections,
                 slow_query_threshold: t.slow_query_threshold,
                 max_connection_series: t.max_connection_series,
+                wire,
             });
         }
     }
@@ -180,8 +217,14 @@ pub(super) fn resolve_pgbouncer(
             &t.name,
             (t.interval, t.timeout, t.connect_timeout),
         );
-        match connection(&t.dsn, t.password.as_ref(), t.password_file.as_deref()) {
-            Ok(mut connection) => {
+        match connection(&Endpoint {
+            dsn: &t.dsn,
+            password: t.password.as_ref(),
+            password_file: t.password_file.as_deref(),
+            allow_cleartext_password: t.allow_cleartext_password,
+            max_message_bytes: t.max_message_bytes,
+        }) {
+            Ok((mut connection, wire)) => {
                 if connection.get_dbname().is_none() {
                     connection.dbname("pgbouncer");
                 }
@@ -191,6 +234,7 @@ pub(super) fn resolve_pgbouncer(
                     interval: t.interval,
                     timeout: t.timeout,
                     connection,
+                    wire,
                 });
             }
             Err(e) => problems.push(format!("{path}.{}", e.key()), e),

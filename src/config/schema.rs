@@ -223,6 +223,15 @@ pub struct PostgresTargetConfig {
     /// `{database, user, application_name, state}` series at most; the rest fold into `other`.
     #[serde(default = "default_max_connection_series")]
     pub max_connection_series: usize,
+    /// Send the password in cleartext when the server asks for it
+    /// (`AuthenticationCleartextPassword`); refused by default unless the
+    /// session is TLS with a verified certificate (`verify-ca`/`verify-full`).
+    #[serde(default)]
+    pub allow_cleartext_password: bool,
+    /// The largest message the server may send, in bytes; a larger one
+    /// fails the connection before anything is allocated for it.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
 }
 
 /// A PgBouncer admin console (the `pgbouncer` database).
@@ -249,6 +258,15 @@ pub struct PgBouncerTargetConfig {
     /// How long a connection attempt may take; default 3s (at most `timeout`).
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
+    /// Send the password in cleartext when the server asks for it
+    /// (`AuthenticationCleartextPassword`); refused by default unless the
+    /// session is TLS with a verified certificate (`verify-ca`/`verify-full`).
+    #[serde(default)]
+    pub allow_cleartext_password: bool,
+    /// The largest message the server may send, in bytes; a larger one
+    /// fails the connection before anything is allocated for it.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
 }
 
 /// How a rate-limit target is read.
@@ -379,6 +397,10 @@ fn default_slow_query_threshold() -> Duration {
 
 fn default_max_connection_series() -> usize {
     200
+}
+
+fn default_max_message_bytes() -> usize {
+    super::pgtls::DEFAULT_MAX_MESSAGE_BYTES
 }
 
 fn default_process_interval() -> Duration {

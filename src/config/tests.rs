@@ -303,3 +303,48 @@ fn flags_are_merged_before_validation_and_named_in_problems() {
     assert_eq!(p[0].path, "web.telemetry_path");
     assert_eq!(p[0].location.map(|l| l.0), Some(2));
 }
+
+#[test]
+fn r15_tls_keys_of_the_dsn_are_checked_where_they_are() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate").expect("write");
+    let text = format!(
+        "postgres:\n  - name: a\n    dsn: host=db password=s3cret sslmode=verify-full\n  - name: b\n    dsn: 'postgres://u:s3cret@db/x?sslmode=verify-ca&sslrootcert={}'\n  - name: c\n    dsn: host=db sslmode=allow\n  - name: d\n    dsn: host=db sslcert=/etc/cert.pem\n  - name: e\n    dsn: host=db\n    max_message_bytes: 10\npgbouncer:\n  - name: f\n    dsn: host=db sslmode=disable sslrootcert=/etc/ca.pem\n",
+        not_pem.display()
+    );
+    let p = problems(&text);
+    let found: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        found,
+        vec![
+            "postgres[0].dsn",
+            "postgres[1].dsn",
+            "postgres[2].dsn",
+            "postgres[3].dsn",
+            "postgres[4].max_message_bytes",
+            "pgbouncer[0].dsn",
+        ],
+        "{p:?}"
+    );
+    assert!(p[0].message.contains("needs sslrootcert"), "{p:?}");
+    assert!(p[1].message.contains("ca.pem"), "{p:?}");
+    assert!(p.iter().all(|p| !p.message.contains("s3cret")), "{p:?}");
+
+    // A valid one resolves to the mode libpq would use.
+    let config = parse(
+        "postgres:\n  - name: a\n    dsn: host=db sslmode=require\n    allow_cleartext_password: true\n",
+        "test.yml",
+        &WebFlags::default(),
+    )
+    .expect("valid");
+    let wire = &config.postgres[0].wire;
+    assert_eq!(wire.ssl_mode, SslMode::Require);
+    assert!(wire.allow_cleartext_password);
+    assert_eq!(wire.max_message_bytes, 64 << 20);
+    assert_eq!(
+        config.postgres[0].connection.get_ssl_mode(),
+        tokio_postgres::config::SslMode::Disable,
+        "loopwatch negotiates TLS itself"
+    );
+}

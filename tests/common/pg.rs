@@ -32,7 +32,7 @@ use std::ffi::OsStr;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -1656,5 +1656,145 @@ impl Drop for PgBouncer {
         if let Some(dir) = self.dir.take() {
             let _ = dir.close();
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TLS (#15)
+// ---------------------------------------------------------------------------
+
+/// A throwaway CA and a server certificate it signed, made with the
+/// `openssl` CLI (it comes with PostgreSQL's packages) in a directory the
+/// server user can read.
+pub struct TestCa {
+    _dir: tempfile::TempDir,
+    /// The CA certificate (what `sslrootcert` names).
+    pub ca: PathBuf,
+    /// The server certificate and its key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    /// A CA named `name`, and a server certificate for `subject_alt_names`
+    /// (openssl syntax: `DNS:localhost,IP:127.0.0.1`).
+    pub fn new(name: &str, subject_alt_names: &str) -> TestCa {
+        let dir = tempfile::Builder::new()
+            .prefix("loopwatch-ca-")
+            .tempdir_in("/tmp")
+            .expect("a temporary directory under /tmp");
+        let p = |f: &str| dir.path().join(f);
+        let openssl = |args: &[&str]| {
+            let mut cmd = Command::new("openssl");
+            cmd.args(args).current_dir(dir.path());
+            let timeout = Duration::from_secs(60);
+            if let Err(e) = run(&mut cmd, timeout).into_result("openssl", timeout) {
+                panic!("openssl {args:?}: {e}");
+            }
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj"]);
+        let subj = format!("/CN={name}");
+        args.push(&subj);
+        args.extend([
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&args);
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=loopwatch-test-server",
+        ]);
+        openssl(&args);
+        std::fs::write(
+            p("ext.cnf"),
+            format!(
+                "subjectAltName={subject_alt_names}\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+            ),
+        )
+        .expect("write ext.cnf");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        give_to_server_user(dir.path());
+        for f in ["ca.crt", "server.crt", "server.key"] {
+            give_to_server_user(&p(f));
+            std::fs::set_permissions(p(f), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        // The CA certificate is public: loopwatch (running as us) reads it.
+        std::fs::set_permissions(p("ca.crt"), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        TestCa {
+            ca: p("ca.crt"),
+            cert: p("server.crt"),
+            key: p("server.key"),
+            _dir: dir,
+        }
+    }
+}
+
+impl PgCluster {
+    /// Turns TLS on with `ca`'s server certificate (copied into the data
+    /// directory, owned by the server user, key mode 0600) and reloads.
+    pub fn enable_ssl(&self, ca: &TestCa) {
+        for (from, to) in [(&ca.cert, "server.crt"), (&ca.key, "server.key")] {
+            let dest = self.data_dir().join(to);
+            std::fs::copy(from, &dest).expect("copy the certificate");
+            give_to_server_user(&dest);
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        let conf = self.data_dir().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+        text.push_str(
+            "\n# tests/common/pg.rs: enable_ssl\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        );
+        std::fs::write(&conf, text).expect("write postgresql.conf");
+        self.reload();
+        assert_eq!(self.psql("show ssl"), "on", "{}", self.log());
+    }
+
+    /// Puts `lines` at the top of pg_hba.conf (the first match wins) and reloads.
+    pub fn prepend_hba(&self, lines: &str) {
+        let path = self.data_dir().join("pg_hba.conf");
+        let text = std::fs::read_to_string(&path).expect("read pg_hba.conf");
+        std::fs::write(&path, format!("{lines}\n{text}")).expect("write pg_hba.conf");
+        self.reload();
+    }
+
+    fn reload(&self) {
+        self.psql("select pg_reload_conf()");
+        // The postmaster reloads on SIGHUP asynchronously.
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
