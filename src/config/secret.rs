@@ -224,7 +224,9 @@ mod tests {
             Err(FileError::TooLarge { .. })
         ));
         assert_eq!(
-            read_bounded(&exact, MAX_SECRET_FILE).expect("at the limit").len(),
+            read_bounded(&exact, MAX_SECRET_FILE)
+                .expect("at the limit")
+                .len(),
             MAX_SECRET_FILE as usize
         );
         for (path, kind) in [

@@ -588,13 +588,19 @@ mod tests {
     #[test]
     fn origin_is_scheme_host_and_port() {
         let u = |s: &str| Url::parse(s).expect("url");
-        assert!(same_origin(&u("https://a.example/x"), &u("https://a.example:443/y")));
+        assert!(same_origin(
+            &u("https://a.example/x"),
+            &u("https://a.example:443/y")
+        ));
         for other in [
             "http://a.example/x",
             "https://b.example/x",
             "https://a.example:8443/x",
         ] {
-            assert!(!same_origin(&u("https://a.example/x"), &u(other)), "{other}");
+            assert!(
+                !same_origin(&u("https://a.example/x"), &u(other)),
+                "{other}"
+            );
         }
     }
 
