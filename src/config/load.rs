@@ -178,4 +178,87 @@ ratelimits:
         assert_eq!(d.original_path("processes[1].timeout"), None);
         assert!(d.config.ratelimits.is_empty());
     }
+
+    /// Any text, and YAML-like text built from the pieces that matter here
+    /// (anchors, aliases, tags, flow and block nodes, schema keys): never a
+    /// panic, and every problem line short.
+    mod property {
+        use proptest::prelude::*;
+
+        use crate::config::{WebFlags, parse};
+
+        fn check(text: &str) {
+            if let Err(e) = parse(text, "p.yml", &WebFlags::default()) {
+                for line in e.to_string().lines() {
+                    assert!(line.chars().count() < 1200, "{line}");
+                }
+            }
+        }
+
+        fn piece() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "processes:",
+                "postgres:",
+                "ratelimits:",
+                "runtime:",
+                "web:",
+                "ingest:",
+                "\n",
+                "\n  ",
+                "\n    ",
+                "- ",
+                "name: ",
+                "match: ",
+                "comm: ",
+                "interval: ",
+                "timeout: ",
+                "kind: ",
+                "tokens: ",
+                "dsn: ",
+                "x",
+                "1s",
+                "500000000y",
+                "&a ",
+                "*a",
+                "&b ",
+                "*b",
+                "!Foo ",
+                "!!str ",
+                "[",
+                "]",
+                "{",
+                "}",
+                ", ",
+                ": ",
+                "'q'",
+                "\"",
+                "~",
+                "true",
+                "-1",
+                "0x10",
+                "<<: ",
+                "---\n",
+                "# c\n",
+                "? ",
+            ])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(
+                std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+            ))]
+
+            #[test]
+            fn any_text_is_a_config_or_problems(text in ".{0,400}") {
+                check(&text);
+            }
+
+            #[test]
+            fn yaml_like_text_is_a_config_or_problems(
+                pieces in prop::collection::vec(piece(), 0..80)
+            ) {
+                check(&pieces.concat());
+            }
+        }
+    }
 }

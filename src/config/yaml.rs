@@ -89,11 +89,12 @@ struct Builder {
     root: Option<Node>,
 }
 
-/// Nodes and scalar bytes of a subtree.
+/// Nodes and scalar bytes of a subtree, and its height.
 #[derive(Debug, Clone, Copy, Default)]
 struct Cost {
     nodes: usize,
     bytes: usize,
+    height: usize,
 }
 
 fn at(mark: Marker) -> (usize, usize) {
@@ -109,24 +110,23 @@ fn join(path: &str, key: &str) -> String {
 }
 
 fn cost(node: &Node) -> Cost {
-    let mut c = Cost { nodes: 1, bytes: 0 };
+    let mut c = Cost {
+        nodes: 1,
+        bytes: 0,
+        height: 1,
+    };
+    let mut add = |ci: Cost| {
+        c.nodes += ci.nodes;
+        c.bytes += ci.bytes;
+        c.height = c.height.max(ci.height + 1);
+    };
     match &node.kind {
         Kind::Scalar { value, .. } => c.bytes = value.len(),
-        Kind::Seq(items) => {
-            for i in items {
-                let ci = cost(i);
-                c.nodes += ci.nodes;
-                c.bytes += ci.bytes;
-            }
-        }
-        Kind::Map(entries) => {
-            for (k, v) in entries {
-                for ci in [cost(k), cost(v)] {
-                    c.nodes += ci.nodes;
-                    c.bytes += ci.bytes;
-                }
-            }
-        }
+        Kind::Seq(items) => items.iter().for_each(|i| add(cost(i))),
+        Kind::Map(entries) => entries.iter().for_each(|(k, v)| {
+            add(cost(k));
+            add(cost(v));
+        }),
     }
     c
 }
@@ -254,6 +254,7 @@ impl Builder {
                     Cost {
                         nodes: 1,
                         bytes: value.len(),
+                        height: 1,
                     },
                     &path,
                     pos,
@@ -270,14 +271,24 @@ impl Builder {
             }
             Event::Alias(id) => {
                 let (path, pos, is_key) = self.place(mark);
-                let Some((node, c)) = self.anchors.get(&id) else {
+                let Some(c) = self.anchors.get(&id).map(|(_, c)| *c) else {
                     return Err(fatal(&path, pos, "refers to an unknown anchor".to_owned()));
                 };
-                let (mut node, c) = (node.clone(), *c);
                 if is_key {
                     return Err(fatal(&path, pos, "an alias cannot be a key".to_owned()));
                 }
+                // Aliases of aliases could nest without bound (and recursion
+                // over the tree with them): the copy must fit the depth too.
+                if self.stack.len() + c.height > MAX_DEPTH {
+                    return Err(fatal(
+                        &path,
+                        pos,
+                        format!("nests deeper than {MAX_DEPTH} levels"),
+                    ));
+                }
+                // Charged before the copy is made.
                 self.charge(c, &path, pos)?;
+                let mut node = self.anchors[&id].0.clone();
                 rebase(&mut node, path, pos);
                 self.finish(node, 0)
             }
@@ -298,7 +309,15 @@ impl Builder {
                     ));
                 }
                 self.tag(tag, &path, pos);
-                self.charge(Cost { nodes: 1, bytes: 0 }, &path, pos)?;
+                self.charge(
+                    Cost {
+                        nodes: 1,
+                        bytes: 0,
+                        height: 1,
+                    },
+                    &path,
+                    pos,
+                )?;
                 let node = Node {
                     path,
                     at: pos,
