@@ -152,6 +152,12 @@ impl fmt::Display for ConfigError {
 #[derive(Debug, Default)]
 pub(super) struct Problems(pub(super) Vec<Problem>);
 
+impl Problems {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl fmt::Display) {
+        self.0.push(Problem::new(path, message));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,11 +179,5 @@ mod tests {
         );
         assert!(bound_message(&long).chars().count() < 600);
         assert!(bound_path(&format!("a.{long}")).len() < 80);
-    }
-}
-
-impl Problems {
-    pub(super) fn push(&mut self, path: impl Into<String>, message: impl fmt::Display) {
-        self.0.push(Problem::new(path, message));
     }
 }
