@@ -34,13 +34,13 @@ mod yaml;
 use std::net::SocketAddr;
 use std::path::Path;
 
-pub use error::{ConfigError, EXCERPT_CHARS, Problem};
+pub use error::{ConfigError, EXCERPT_CHARS, Problem, excerpt};
 pub use load::MAX_CONFIG_FILE;
 pub use postgres::{PgBouncerTarget, PostgresTarget};
 pub use processes::{ProcessGroup, ProcessMatchers};
 pub use ratelimits::RateLimitTarget;
 pub use schema::{HttpMethod, IngestConfig, RateLimitKind, RawConfig, ResetFormat, RuntimeConfig};
-pub use secret::MAX_SECRET_FILE;
+pub use secret::{FileError, MAX_SECRET_FILE, read_bounded};
 pub use web::{Web, WebFlags, parse_listen_address};
 
 /// The configuration loopwatch runs on when no file is given: it watches its
