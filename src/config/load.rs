@@ -86,6 +86,12 @@ fn parent(path: &str) -> &str {
 /// Decodes `text`; `Err` holds problems that stop everything (syntax,
 /// budget), `Ok` may still carry decoding problems.
 pub(super) fn decode(text: &str) -> Result<Decoded, Vec<Problem>> {
+    if text.len() as u64 > MAX_CONFIG_FILE {
+        return Err(vec![Problem::new(
+            "",
+            format!("is larger than {MAX_CONFIG_FILE} bytes"),
+        )]);
+    }
     let located = |p: yaml::ReadProblem| Problem::new(p.path, p.message).at(p.at);
     let read = yaml::read(text).map_err(|p| vec![located(p)])?;
     let mut problems: Vec<Problem> = read.problems.into_iter().map(located).collect();

@@ -6,7 +6,9 @@
 //! or reports every problem at once, each with its key path and line:column.
 //!
 //! Loading is three phases, as in blackbox_exporter: defaults, then a strict
-//! decode (`deny_unknown_fields`), then validation. Collectors are built from
+//! decode (`deny_unknown_fields`), then validation. The decode reads the
+//! text under a budget and goes on past each error, so one run reports every
+//! problem, unknown keys included (#15). Collectors are built from
 //! a [`ResolvedConfig`] only, so no file or environment variable is read
 //! twice and a reload sees one consistent set of secrets. Config sits below
 //! every other module: it imports none of them.
