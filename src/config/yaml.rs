@@ -668,6 +668,13 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
                     value.as_str().into_deserializer();
                 visitor.visit_enum(variant).map_err(self.stamp())
             }
+            // `{variant: value}`: an enum with data, as serde_norway reads it.
+            Kind::Map(entries) if entries.len() == 1 => {
+                let (key, value) = &entries[0];
+                visitor
+                    .visit_enum(EnumDe { key, value })
+                    .map_err(self.stamp())
+            }
             _ => self.deserialize_any(visitor),
         }
     }
@@ -679,6 +686,49 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char bytes byte_buf
         unit_struct tuple tuple_struct
+    }
+}
+
+/// An enum written as a one-entry mapping: the key names the variant.
+struct EnumDe<'a> {
+    key: &'a Node,
+    value: &'a Node,
+}
+
+impl<'de, 'a> de::EnumAccess<'de> for EnumDe<'a> {
+    type Error = DeError;
+    type Variant = NodeDe<'a>;
+
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, NodeDe<'a>), DeError> {
+        let variant = seed.deserialize(NodeDe(self.key))?;
+        Ok((variant, NodeDe(self.value)))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for NodeDe<'_> {
+    type Error = DeError;
+
+    fn unit_variant(self) -> Result<(), DeError> {
+        de::Deserialize::deserialize(self)
+    }
+
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, DeError> {
+        seed.deserialize(self)
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+        de::Deserializer::deserialize_seq(self, visitor)
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        de::Deserializer::deserialize_map(self, visitor)
     }
 }
 
@@ -811,6 +861,29 @@ mod tests {
         assert!(root.remove("s[1]"));
         assert_eq!(root.original_path("s[1].a"), "s[2].a");
         assert_eq!(root.original_path("s[0].b"), "s[0].b");
+    }
+
+    #[test]
+    fn enums_as_names_or_one_entry_mappings() {
+        use serde::Deserialize;
+        #[derive(Deserialize, Debug, PartialEq)]
+        #[serde(rename_all = "lowercase", deny_unknown_fields)]
+        enum E {
+            Plain,
+            Http { url: String },
+            Tcp(String),
+        }
+        let r = read("- plain\n- http: {url: u}\n- tcp: a:1\n- http: {bogus: 1}\n").expect("reads");
+        let root = r.root.expect("root");
+        let Kind::Seq(items) = &root.kind else {
+            panic!("a sequence")
+        };
+        let e: Vec<Result<E, DeError>> = items.iter().map(|n| E::deserialize(NodeDe(n))).collect();
+        assert_eq!(e[0].as_ref().expect("plain"), &E::Plain);
+        assert_eq!(e[1].as_ref().expect("http"), &E::Http { url: "u".into() });
+        assert_eq!(e[2].as_ref().expect("tcp"), &E::Tcp("a:1".into()));
+        let bad = e[3].as_ref().expect_err("unknown field");
+        assert_eq!(bad.path.as_deref(), Some("[3].http.bogus"), "{bad:?}");
     }
 
     #[test]
