@@ -188,3 +188,70 @@ fn a_garbage_pid_file_fails_the_poll_with_reason_parse() {
     );
     assert!(get(lw.port, "/").text().contains("does not hold a PID"));
 }
+
+/// r15: a `pid_file` that is a device or a FIFO was read without limit (or
+/// blocked the poll); now each poll fails at once with reason `io`, and a
+/// long garbage pid file is quoted as a short excerpt.
+#[test]
+fn r15_a_pid_file_that_is_a_device_or_fifo_fails_the_poll_fast() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("fifo.pid");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let garbage = dir.path().join("garbage.pid");
+    std::fs::write(&garbage, "g".repeat(4000)).expect("pid file");
+    let lw = Exporter::start_with_config(
+        &format!(
+            "processes:
+  - name: zero
+    interval: 200ms
+    timeout: 200ms
+    match: {{pid_file: /dev/zero}}
+  - name: fifo
+    interval: 200ms
+    timeout: 200ms
+    match: {{pid_file: {fifo}}}
+  - name: garbage
+    interval: 200ms
+    timeout: 200ms
+    match: {{pid_file: {garbage}}}
+",
+            fifo = fifo.display(),
+            garbage = garbage.display()
+        ),
+        &[],
+    );
+    let errors = |t: &str, target: &str, reason: &str| {
+        sample(
+            t,
+            &format!(
+                r#"loopwatch_collector_errors_total{{collector="processes",reason="{reason}",target="{target}"}}"#
+            ),
+        )
+        .unwrap_or(0.0)
+    };
+    wait_for_metrics(
+        &lw,
+        Duration::from_secs(10),
+        "three failed polls each",
+        |t| {
+            errors(t, "zero", "io") >= 3.0
+                && errors(t, "fifo", "io") >= 3.0
+                && errors(t, "garbage", "parse") >= 3.0
+        },
+    );
+    let text = lw.metrics();
+    for target in ["zero", "fifo"] {
+        assert_eq!(errors(&text, target, "timeout"), 0.0, "{target}: {text}");
+    }
+    let log = lw.stderr();
+    assert!(
+        log.contains("a character device, not a regular file"),
+        "{log}"
+    );
+    assert!(log.contains("a FIFO, not a regular file"), "{log}");
+    assert!(!log.contains(&"g".repeat(65)), "{log}");
+}

@@ -656,3 +656,77 @@ fn a_python_app_reports_the_headers_it_sees() {
         "a secret in /metrics"
     );
 }
+
+/// r15: reqwest drops only `Authorization` (and cookies) when a redirect
+/// changes host, so a custom `token_header` went to whatever host the API
+/// redirected to. Now the token follows a redirect within the origin and is
+/// dropped once one leaves it; the second server records every header.
+#[test]
+fn r15_a_redirect_to_another_host_gets_no_token() {
+    let first = FakeApi::start();
+    let second = FakeApi::start();
+    let token = "x-api-key-r15SECRET";
+    // Same origin (a relative Location), then another host and port.
+    first.set("/start", Reply::new(302, &[("Location", "/same")], ""));
+    first.set(
+        "/same",
+        Reply::new(
+            307,
+            &[(
+                "Location",
+                &format!("http://localhost:{}/final", second.port),
+            )],
+            "",
+        ),
+    );
+    second.set(
+        "/final",
+        Reply::new(
+            200,
+            &[("X-RateLimit-Limit", "10"), ("X-RateLimit-Remaining", "7")],
+            "{}",
+        ),
+    );
+    let lw = Exporter::start_with_config(
+        &format!(
+            "ratelimits:
+  - name: redir
+    kind: http
+    url: {}/start
+    token_header: X-Api-Key
+    token_prefix: ''
+    interval: 500ms
+    timeout: 400ms
+    tokens:
+      - name: t
+        token: {token}
+",
+            first.base_url()
+        ),
+        &[],
+    );
+    let text = wait_for_metrics(&lw, Duration::from_secs(15), "the redirected poll", |t| {
+        sample(
+            t,
+            &series("loopwatch_ratelimit_remaining", "redir", "default", "t"),
+        ) == Some(7.0)
+    });
+    assert_eq!(success(&text, "redir/t"), Some(1.0), "{text}");
+    let sent_first = first.header_lines();
+    let with_token = sent_first
+        .iter()
+        .filter(|l| l.eq_ignore_ascii_case(&format!("x-api-key: {token}")))
+        .count();
+    assert!(
+        with_token >= 2 && first.count("/same") >= 1,
+        "the token goes along within the origin: {sent_first:?}"
+    );
+    assert!(second.count("/final") >= 1);
+    let sent_second = second.header_lines();
+    assert!(
+        !sent_second
+            .iter()
+            .any(|l| l.contains(token) || l.to_ascii_lowercase().starts_with("x-api-key")),
+        "the token reached another host: {sent_second:?}"
+    );
+}

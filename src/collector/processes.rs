@@ -17,10 +17,12 @@ use procfs::process::Stat;
 use regex::RegexSet;
 
 use super::{BoxFuture, Built, CollectError, Job, Periodic, Reason, Shared};
-use crate::config::{ProcessGroup, ProcessMatchers};
+use crate::config::{FileError, ProcessGroup, ProcessMatchers};
 use crate::families;
 use crate::metrics::{Families, FamilyBuilder};
 
+/// A pid file holds a number and a newline; more is not a pid file.
+const MAX_PID_FILE: u64 = 4096;
 /// A scan younger than this is shared by the groups polled at the same time.
 const SHARE_SCAN_FOR: Duration = Duration::from_millis(500);
 
@@ -264,14 +266,23 @@ impl Matcher {
         let Some(path) = &self.pid_file else {
             return Ok(None);
         };
-        match std::fs::read_to_string(path) {
-            Ok(text) => text.trim().parse::<i32>().map(Some).map_err(|_| {
-                CollectError::new(
-                    Reason::Parse,
-                    format!("{} does not hold a PID: {:?}", path.display(), text.trim()),
-                )
-            }),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        // Bounded, and never a device or a FIFO: `pid_file: /dev/zero`
+        // must not eat memory or hang the poll (#15).
+        match crate::config::read_bounded(path, MAX_PID_FILE) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                text.trim().parse::<i32>().map(Some).map_err(|_| {
+                    CollectError::new(
+                        Reason::Parse,
+                        format!(
+                            "{} does not hold a PID: {}",
+                            path.display(),
+                            crate::config::excerpt(text.trim())
+                        ),
+                    )
+                })
+            }
+            Err(FileError::Io(e)) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(CollectError::new(
                 Reason::Io,
                 format!("cannot read {}: {e}", path.display()),

@@ -6,7 +6,9 @@
 //! or reports every problem at once, each with its key path and line:column.
 //!
 //! Loading is three phases, as in blackbox_exporter: defaults, then a strict
-//! decode (`deny_unknown_fields`), then validation. Collectors are built from
+//! decode (`deny_unknown_fields`), then validation. The decode reads the
+//! text under a budget and goes on past each error, so one run reports every
+//! problem, unknown keys included (#15). Collectors are built from
 //! a [`ResolvedConfig`] only, so no file or environment variable is read
 //! twice and a reload sees one consistent set of secrets. Config sits below
 //! every other module: it imports none of them.
@@ -15,10 +17,13 @@
 //! - `validate`: the checks and the resolution, section by section in
 //!   `web`, `processes`, `postgres`, `ratelimits`, `logs` (each beside its resolved types);
 //! - `error`: [`Problem`] and [`ConfigError`]; `locate`: key path → line:column;
-//! - `secret`: `${ENV}` and `*_file` secrets;
-//! - `pgtls`: the TLS keys of a PostgreSQL DSN and the wire limits (#15).
+//! - `secret`: `${ENV}` and `*_file` secrets, and every file read bounded;
+//! - `pgtls`: the TLS keys of a PostgreSQL DSN and the wire limits (#15);
+//! - `yaml` and `load`: the text read under a budget (aliases, tags, depth)
+//!   and decoded with every problem found in one run.
 
 mod error;
+mod load;
 mod locate;
 mod logs;
 mod pgtls;
@@ -29,11 +34,13 @@ mod schema;
 mod secret;
 mod validate;
 mod web;
+mod yaml;
 
 use std::net::SocketAddr;
 use std::path::Path;
 
-pub use error::{ConfigError, Problem};
+pub use error::{ConfigError, EXCERPT_CHARS, Problem, excerpt};
+pub use load::MAX_CONFIG_FILE;
 pub use logs::{LogRule, LogTarget};
 pub use pgtls::{ClientIdentity, PgWire, SslMode};
 pub use postgres::{PgBouncerTarget, PostgresTarget};
@@ -43,6 +50,7 @@ pub use schema::{
     HttpMethod, IngestConfig, LogFormat, LogRepeatConfig, RateLimitKind, RawConfig, ResetFormat,
     RuntimeConfig, StartAt,
 };
+pub use secret::{FileError, MAX_SECRET_FILE, read_bounded};
 pub use web::{Web, WebFlags, parse_listen_address};
 
 /// The configuration loopwatch runs on when no file is given: it watches its
@@ -92,9 +100,9 @@ pub fn load(path: Option<&Path>, flags: &WebFlags) -> Result<ResolvedConfig, Con
         return parse(DEFAULT_CONFIG, "<default>", flags);
     };
     let source_name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = load::read_file(path).map_err(|problem| ConfigError {
         source_name: source_name.clone(),
-        problems: vec![Problem::new("", format!("cannot read the file: {e}"))],
+        problems: vec![problem],
     })?;
     parse(&text, &source_name, flags)
 }
@@ -121,52 +129,28 @@ pub fn parse(
         source_name: source_name.to_owned(),
         problems,
     };
-    let locations = locate::Locations::of(text);
-    // An empty file is a valid, all-defaults config.
-    let mut config: RawConfig = if text.trim().is_empty() {
-        RawConfig::default()
-    } else {
-        let de = serde_norway::Deserializer::from_str(text);
-        match serde_path_to_error::deserialize(de) {
-            Ok(c) => c,
-            Err(e) => {
-                let path = e.path().to_string();
-                let path = if path == "." { String::new() } else { path };
-                let inner = e.into_inner();
-                let location = inner
-                    .location()
-                    .map(|l| (l.line(), l.column()))
-                    .or_else(|| locations.find(&path));
-                let message = clean_serde_message(&inner.to_string());
-                return Err(fail(vec![Problem {
-                    path,
-                    location,
-                    message,
-                }]));
+    // Decoding problems come first, then the checks' problems on what
+    // decoded (minus those in an item a decoding problem touched).
+    let decoded = load::decode(text).map_err(fail)?;
+    let mut problems = decoded.problems.clone();
+    let mut config = decoded.config.clone();
+    flags.apply(&mut config.web);
+    let checked = validate::validate(&config, flags);
+    if let Err(found) = &checked {
+        let locations = locate::Locations::of(text);
+        for mut p in found.iter().cloned() {
+            if p.is_flag() {
+                problems.push(p);
+            } else if let Some(path) = decoded.original_path(&p.path) {
+                p.location = locations.find(&path);
+                p.path = path;
+                problems.push(p);
             }
         }
-    };
-    flags.apply(&mut config.web);
-    validate::validate(&config, flags).map_err(|problems| {
-        fail(
-            problems
-                .into_iter()
-                .map(|mut p| {
-                    if !p.is_flag() {
-                        p.location = locations.find(&p.path);
-                    }
-                    p
-                })
-                .collect(),
-        )
-    })
-}
-
-/// serde_norway appends " at line L column C"; the location is printed apart.
-fn clean_serde_message(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
+    }
+    match checked {
+        Ok(resolved) if problems.is_empty() => Ok(resolved),
+        _ => Err(fail(problems)),
     }
 }
 

@@ -11,7 +11,27 @@ use super::error::Problems;
 use super::pgtls::{self, PgTlsError, PgWire};
 use super::schema::{PgBouncerTargetConfig, PostgresTargetConfig};
 use super::secret::{self, Secret, SecretError};
-use super::validate::{check_label_value, check_schedule};
+use super::validate::{MAX_INTERVAL, MAX_TIMEOUT, check_label_value, check_max, check_schedule};
+
+/// A session timeout as PostgreSQL takes it: whole milliseconds, above 0
+/// (0 turns the limit off), at most `MAX_TIMEOUT` — far below the
+/// 2147483647 ms (INT_MAX) PostgreSQL refuses beyond, which would fail
+/// every connection while `check-config` said nothing (#15).
+fn check_session_timeout(problems: &mut Problems, path: String, value: Duration) {
+    if value.is_zero() {
+        problems.push(path, "must be above 0: 0 turns PostgreSQL's limit off");
+    } else if value.subsec_nanos() % 1_000_000 != 0 {
+        problems.push(
+            path,
+            format!(
+                "{} is not a whole number of milliseconds, PostgreSQL's unit",
+                humantime::format_duration(value)
+            ),
+        );
+    } else {
+        check_max(problems, path, value, MAX_TIMEOUT);
+    }
+}
 
 /// A PostgreSQL server to poll.
 #[derive(Debug, Clone)]
@@ -178,9 +198,23 @@ pub(super) fn resolve_postgres(
                 "must be between 1 and 10000",
             );
         }
+        let statement_timeout = t.statement_timeout.unwrap_or(t.timeout);
+        if t.statement_timeout.is_some() {
+            check_session_timeout(
+                problems,
+                format!("{path}.statement_timeout"),
+                statement_timeout,
+            );
+        }
+        check_session_timeout(problems, format!("{path}.lock_timeout"), t.lock_timeout);
+        check_max(
+            problems,
+            format!("{path}.slow_query_threshold"),
+            t.slow_query_threshold,
+            MAX_INTERVAL,
+        );
         let connect_timeout = connect_timeout(t.connect_timeout, t.timeout);
         if let Ok((mut connection, wire)) = connection {
-            let statement_timeout = t.statement_timeout.unwrap_or(t.timeout);
             connection.connect_timeout(connect_timeout).options(format!(
                 "-c statement_timeout={} -c lock_timeout={}",
                 statement_timeout.as_millis(),

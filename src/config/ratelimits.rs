@@ -64,9 +64,13 @@ pub fn parse_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// A CA bundle larger than this is not one (the system's own is ~200 KiB).
+const MAX_CA_FILE: u64 = 4 << 20;
+
 /// Extra CA certificates from a PEM file.
 pub fn read_ca_file(path: &Path) -> Result<Vec<Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pem = secret::read_bounded(path, MAX_CA_FILE)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let certs = Certificate::from_pem_bundle(&pem)
         .map_err(|e| format!("{} holds no PEM certificate: {e}", path.display()))?;
     if certs.is_empty() {

@@ -47,6 +47,26 @@ pub(super) fn check_label_value(problems: &mut Problems, path: String, value: &s
     }
 }
 
+/// The longest interval a collector may have: a value beyond it is a typo
+/// (`500000000y` parses), and the schedule's arithmetic must not overflow.
+pub(super) const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// The longest timeout of any request, poll or session limit.
+pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A duration above `max` is a problem naming both.
+pub(super) fn check_max(problems: &mut Problems, path: String, value: Duration, max: Duration) {
+    if value > max {
+        problems.push(
+            path,
+            format!(
+                "{} is longer than the most allowed, {}",
+                humantime::format_duration(value),
+                humantime::format_duration(max)
+            ),
+        );
+    }
+}
+
 pub(super) fn check_schedule(
     problems: &mut Problems,
     path: &str,
@@ -56,8 +76,11 @@ pub(super) fn check_schedule(
     if interval < Duration::from_millis(100) {
         problems.push(format!("{path}.interval"), "must be at least 100ms");
     }
+    check_max(problems, format!("{path}.interval"), interval, MAX_INTERVAL);
     if timeout.is_zero() {
         problems.push(format!("{path}.timeout"), "must be above 0");
+    } else if timeout > MAX_TIMEOUT {
+        check_max(problems, format!("{path}.timeout"), timeout, MAX_TIMEOUT);
     } else if timeout > interval {
         problems.push(
             format!("{path}.timeout"),
@@ -83,6 +106,18 @@ fn check_ingest(ingest: &IngestConfig, problems: &mut Problems) -> Option<std::n
     if ingest.silence_timeout < Duration::from_secs(1) {
         problems.push("ingest.silence_timeout", "must be at least 1s");
     }
+    check_max(
+        problems,
+        "ingest.silence_timeout".into(),
+        ingest.silence_timeout,
+        MAX_INTERVAL,
+    );
+    check_max(
+        problems,
+        "ingest.loop_expiry".into(),
+        ingest.loop_expiry,
+        7 * MAX_INTERVAL,
+    );
     if ingest.loop_expiry < ingest.silence_timeout {
         problems.push(
             "ingest.loop_expiry",
@@ -122,6 +157,12 @@ fn check_runtime(rt: &RuntimeConfig, problems: &mut Problems) {
     if rt.tick_interval < Duration::from_millis(10) || rt.tick_interval > Duration::from_secs(10) {
         problems.push("runtime.tick_interval", "must be between 10ms and 10s");
     }
+    check_max(
+        problems,
+        "runtime.stall_threshold".into(),
+        rt.stall_threshold,
+        MAX_TIMEOUT,
+    );
     if rt.stall_threshold < rt.tick_interval {
         problems.push(
             "runtime.stall_threshold",

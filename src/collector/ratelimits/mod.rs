@@ -30,6 +30,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 const MAX_ERROR_BODY: usize = 4096;
 /// GitHub returns a dozen resources; more than this is not a rate-limit answer.
 const MAX_RESOURCES: usize = 64;
+/// Redirects followed per poll.
+const MAX_REDIRECTS: usize = 3;
 
 /// The `{api, token}` label pairs these targets poll, which apps may not
 /// report too (the same series twice would be an invalid exposition).
@@ -114,7 +116,9 @@ impl Target {
             .user_agent(concat!("loopwatch/", env!("CARGO_PKG_VERSION")))
             .timeout(t.timeout)
             .connect_timeout(Duration::from_secs(3).min(t.timeout))
-            .redirect(reqwest::redirect::Policy::limited(3));
+            // Redirects are followed in `TokenPoller::request`, which drops
+            // the token when one leaves the origin.
+            .redirect(reqwest::redirect::Policy::none());
         for cert in &t.ca_certificates {
             builder = builder.add_root_certificate(cert.clone());
         }
@@ -208,20 +212,38 @@ impl TokenPoller {
         b.finish()
     }
 
+    /// Sends the request, following at most [`MAX_REDIRECTS`] redirects by
+    /// hand: reqwest's own policy drops only `Authorization` and cookies when
+    /// the host changes, so a custom `token_header` (`X-Api-Key`) would reach
+    /// whatever host a redirect names (#15). Once a redirect leaves the
+    /// origin (scheme, host and port), the token is sent no more.
     async fn request(&self) -> Result<reqwest::Response, CollectError> {
-        let mut request = self
-            .target
-            .client
-            .request(self.target.method.clone(), self.target.url.clone());
-        if self.target.kind == RateLimitKind::Github {
-            request = request
-                .header(reqwest::header::ACCEPT, "application/vnd.github+json")
-                .header("X-GitHub-Api-Version", "2022-11-28");
+        let mut url = self.target.url.clone();
+        let mut with_token = true;
+        for _ in 0..=MAX_REDIRECTS {
+            let mut request = self
+                .target
+                .client
+                .request(self.target.method.clone(), url.clone());
+            if self.target.kind == RateLimitKind::Github {
+                request = request
+                    .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+                    .header("X-GitHub-Api-Version", "2022-11-28");
+            }
+            if let (true, Some(auth)) = (with_token, &self.auth) {
+                request = request.header(self.target.token_header.clone(), auth.clone());
+            }
+            let response = request.send().await.map_err(|e| transport_error(&e))?;
+            let Some(next) = redirect_target(&response, &url)? else {
+                return Ok(response);
+            };
+            with_token &= same_origin(&url, &next);
+            url = next;
         }
-        if let Some(auth) = &self.auth {
-            request = request.header(self.target.token_header.clone(), auth.clone());
-        }
-        request.send().await.map_err(|e| transport_error(&e))
+        Err(CollectError::new(
+            Reason::Http4xx,
+            format!("more than {MAX_REDIRECTS} redirects"),
+        ))
     }
 
     /// One poll: the new readings, or why there are none.
@@ -446,6 +468,43 @@ fn github_resources(body: &str) -> Result<BTreeMap<String, Reading>, CollectErro
     Ok(out)
 }
 
+/// Where a redirect answer points, `None` when the answer is not one to follow.
+fn redirect_target(response: &reqwest::Response, from: &Url) -> Result<Option<Url>, CollectError> {
+    use reqwest::StatusCode as S;
+    let status = response.status();
+    if !matches!(
+        status,
+        S::MOVED_PERMANENTLY
+            | S::FOUND
+            | S::SEE_OTHER
+            | S::TEMPORARY_REDIRECT
+            | S::PERMANENT_REDIRECT
+    ) {
+        return Ok(None);
+    }
+    let Some(location) = response.headers().get(reqwest::header::LOCATION) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| CollectError::new(Reason::Http4xx, format!("HTTP {status}: {why}"));
+    let location = location
+        .to_str()
+        .map_err(|_| bad("the Location header is not text"))?;
+    let next = from
+        .join(location)
+        .map_err(|_| bad("the Location header is not a URL"))?;
+    if !matches!(next.scheme(), "http" | "https") {
+        return Err(bad("redirected to a URL that is not http or https"));
+    }
+    Ok(Some(next))
+}
+
+/// Whether two URLs share scheme, host and port: a token may go to both.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
 fn transport_error(e: &reqwest::Error) -> CollectError {
     let reason = if e.is_timeout() {
         Reason::Timeout
@@ -522,6 +581,25 @@ mod tests {
                 github_resources(bad).map(|_| ()).map_err(|e| e.reason),
                 Err(Reason::Parse),
                 "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn origin_is_scheme_host_and_port() {
+        let u = |s: &str| Url::parse(s).expect("url");
+        assert!(same_origin(
+            &u("https://a.example/x"),
+            &u("https://a.example:443/y")
+        ));
+        for other in [
+            "http://a.example/x",
+            "https://b.example/x",
+            "https://a.example:8443/x",
+        ] {
+            assert!(
+                !same_origin(&u("https://a.example/x"), &u(other)),
+                "{other}"
             );
         }
     }
