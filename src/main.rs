@@ -31,6 +31,16 @@ struct Cli {
     #[arg(long = "web.max-requests", value_name = "N")]
     max_requests: Option<usize>,
 
+    /// Web configuration file (exporter-toolkit format): TLS, client
+    /// certificates, basic auth, response headers.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
+
+    /// Serve on the socket systemd passes (socket activation) instead of
+    /// --web.listen-address.
+    #[arg(long = "web.systemd-socket")]
+    systemd_socket: bool,
+
     /// Leave out the exporter's own process_* metrics.
     #[arg(long = "web.disable-exporter-metrics")]
     disable_exporter_metrics: bool,
@@ -128,6 +138,7 @@ fn main() -> ExitCode {
         telemetry_path: cli.telemetry_path,
         max_requests: cli.max_requests,
         disable_exporter_metrics: cli.disable_exporter_metrics,
+        systemd_socket: cli.systemd_socket,
     };
     let config = match config::load(cli.config_file.as_deref(), &web) {
         Ok(c) => c,
@@ -136,10 +147,23 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let security = match cli
+        .web_config_file
+        .as_deref()
+        .map(config::load_web_config_file)
+    {
+        None => Default::default(),
+        Some(Ok(security)) => security,
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let settings = Settings {
         config,
         config_path: cli.config_file,
         web,
+        security,
     };
     match exporter::run(settings) {
         Ok(()) => ExitCode::SUCCESS,

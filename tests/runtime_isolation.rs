@@ -46,6 +46,7 @@ impl Harness {
             ingest: exporter.shared.ingest.clone(),
             telemetry_path: "/metrics".into(),
             scrape_slots,
+            http: Default::default(),
         });
         Self {
             collect,

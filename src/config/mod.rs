@@ -26,6 +26,7 @@ mod schema;
 mod secret;
 mod validate;
 mod web;
+mod webfile;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,7 +36,9 @@ pub use postgres::{PgBouncerTarget, PostgresTarget};
 pub use processes::{ProcessGroup, ProcessMatchers};
 pub use ratelimits::RateLimitTarget;
 pub use schema::{HttpMethod, IngestConfig, RateLimitKind, RawConfig, ResetFormat, RuntimeConfig};
-pub use web::{Web, WebFlags, parse_listen_address};
+pub use secret::Secret;
+pub use web::{IngestDoor, Web, WebFlags, parse_http_listen_address, parse_listen_address};
+pub use webfile::{BasicAuthUsers, WebSecurity, load_web_config_file};
 
 /// The configuration loopwatch runs on when no file is given: it watches its
 /// own runtime and process. Printed by `loopwatch print-default-config`.
@@ -55,6 +58,8 @@ pub struct ResolvedConfig {
     pub postgres: Vec<PostgresTarget>,
     pub pgbouncer: Vec<PgBouncerTarget>,
     pub ratelimits: Vec<RateLimitTarget>,
+    /// Who may `POST /api/v1/events`: the ingest token and listener.
+    pub ingest_door: IngestDoor,
 }
 
 impl ResolvedConfig {

@@ -26,6 +26,7 @@ pub fn validate(config: &RawConfig, flags: &WebFlags) -> Result<ResolvedConfig, 
         postgres: postgres::resolve_postgres(&config.postgres, &mut problems),
         pgbouncer: postgres::resolve_pgbouncer(&config.pgbouncer, &mut problems),
         ratelimits: ratelimits::resolve(&config.ratelimits, &mut problems),
+        ingest_door: web::resolve_ingest_door(&config.ingest, &mut problems),
     };
     if problems.0.is_empty() {
         Ok(resolved)
