@@ -643,13 +643,26 @@ fn r15_connections_beyond_the_cap_are_closed_and_counted() {
     let held: Vec<TcpStream> = (0..40)
         .map(|_| TcpStream::connect(addr).expect("connect"))
         .collect();
-    let text = wait_for_metrics(&lw, Duration::from_secs(15), "refused connections", |t| {
-        sample(
-            t,
-            r#"loopwatch_http_requests_rejected_total{reason="too_many_connections"}"#,
-        )
-        .is_some_and(|n| n >= 20.0)
-    });
+    // While 20 are held, a scrape is closed at once too; once the held ones
+    // time out (1s), a scrape gets through and shows the refusals.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let scraped = get_with(lw.port, "/metrics", "").ok().map(|r| r.text());
+        if let Some(text) = scraped.filter(|t| {
+            sample(
+                t,
+                r#"loopwatch_http_requests_rejected_total{reason="too_many_connections"}"#,
+            )
+            .is_some_and(|n| n >= 20.0)
+        }) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scrape showed 20 refused connections"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(sample(&text, "loopwatch_http_max_connections"), Some(20.0));
     drop(held);
 }
