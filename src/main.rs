@@ -142,10 +142,7 @@ fn main() -> ExitCode {
     };
     let config = match config::load(cli.config_file.as_deref(), &web) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return config_error(&e),
     };
     let security = match cli
         .web_config_file
@@ -154,10 +151,7 @@ fn main() -> ExitCode {
     {
         None => Default::default(),
         Some(Ok(security)) => security,
-        Some(Err(e)) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Some(Err(e)) => return config_error(&e),
     };
     let settings = Settings {
         config,
@@ -168,8 +162,16 @@ fn main() -> ExitCode {
     match exporter::run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("loopwatch: {e}");
+            tracing::error!(error = %e, "Cannot start");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs every problem, one line each in the chosen log format; exits 2.
+fn config_error(e: &config::ConfigError) -> ExitCode {
+    for problem in e.to_string().lines() {
+        tracing::error!(problem, "Invalid configuration");
+    }
+    ExitCode::from(EXIT_CONFIG)
 }

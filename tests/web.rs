@@ -762,3 +762,40 @@ fn r14_serves_on_the_systemd_socket() {
         200
     );
 }
+
+/// r14: start-up errors (a bad flag, a port in use) are log lines in the
+/// chosen format, with the keys the Prometheus tools write.
+#[test]
+fn r14_start_up_errors_are_in_the_log_format() {
+    let out = run_bin(&["--log.format", "json", "--web.listen-address", "nonsense"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line: serde_json::Value = serde_json::from_str(err.trim()).expect("one JSON line");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(line["msg"], "Invalid configuration", "{line}");
+    assert!(
+        line["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("main.rs:")),
+        "{line}"
+    );
+    assert!(
+        line["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("nonsense")),
+        "{line}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let out = run_bin(&["--web.listen-address", &format!("127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("time=")
+            && last.contains("level=ERROR")
+            && last.contains("msg=\"Cannot start\""),
+        "{err}"
+    );
+}
