@@ -184,6 +184,15 @@ impl Exporter {
                 if new.web != settings.config.web {
                     tracing::warn!("Changes to the web section take effect after a restart");
                 }
+                let (old_door, new_door) = (&settings.config.ingest_door, &new.ingest_door);
+                if old_door.http_listen_address != new_door.http_listen_address
+                    || old_door.token.as_ref().map(|t| t.expose())
+                        != new_door.token.as_ref().map(|t| t.expose())
+                {
+                    tracing::warn!(
+                        "Changes to ingest.token, ingest.token_file and ingest.http_listen_address take effect after a restart"
+                    );
+                }
                 match self.apply(&new) {
                     Ok(()) => {
                         tracing::info!(config = %shown, summary = %new.summary(), "Reloaded the configuration")
