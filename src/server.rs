@@ -412,6 +412,117 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    fn state_with(http: HttpGuard) -> Arc<ServerState> {
+        let registry = Registry::new();
+        let watchdog = Arc::new(Watchdog::register(&registry));
+        let ingest = Arc::new(Ingest::register(
+            &registry,
+            watchdog,
+            IngestConfig::default(),
+        ));
+        let driver = Arc::new(Driver::new(tokio::runtime::Handle::current(), &registry));
+        Arc::new(ServerState {
+            registry,
+            driver,
+            ingest,
+            telemetry_path: "/metrics".into(),
+            scrape_slots: None,
+            http,
+        })
+    }
+
+    async fn post_event(
+        state: &Arc<ServerState>,
+        peer: &str,
+        listener: Listener,
+        authorization: Option<&str>,
+    ) -> StatusCode {
+        let mut request = Request::post("/api/v1/events");
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let mut request = request
+            .body(Body::from(
+                r#"{"v":1,"type":"bye","app":"a","loop":"main","pid":1}"#,
+            ))
+            .expect("request");
+        let peer: SocketAddr = peer.parse().expect("peer");
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(listener);
+        let router = match listener {
+            Listener::Main => router(state.clone()),
+            Listener::Ingest => ingest_router(state.clone()),
+        };
+        router.oneshot(request).await.expect("response").status()
+    }
+
+    /// r15: the ingest door: loopback (also IPv4-mapped) on the main
+    /// listener, any peer on the ingest listener, and only the token's
+    /// bearers once a token is set.
+    #[tokio::test]
+    async fn r15_the_ingest_door_admits_loopback_the_ingest_listener_or_the_token() {
+        let open = state_with(HttpGuard::default());
+        for (peer, listener, want) in [
+            ("127.0.0.1:5000", Listener::Main, StatusCode::OK),
+            ("[::ffff:127.0.0.1]:5000", Listener::Main, StatusCode::OK),
+            ("[::1]:5000", Listener::Main, StatusCode::OK),
+            ("192.0.2.7:5000", Listener::Main, StatusCode::FORBIDDEN),
+            (
+                "[::ffff:192.0.2.7]:5000",
+                Listener::Main,
+                StatusCode::FORBIDDEN,
+            ),
+            ("192.0.2.7:5000", Listener::Ingest, StatusCode::OK),
+        ] {
+            assert_eq!(
+                post_event(&open, peer, listener, None).await,
+                want,
+                "{peer} {listener:?}"
+            );
+        }
+        let guarded = state_with(HttpGuard {
+            ingest_token: Some(Secret::new("0123456789abcdef".into())),
+            ..HttpGuard::default()
+        });
+        for (peer, auth, want) in [
+            ("127.0.0.1:5000", None, StatusCode::UNAUTHORIZED),
+            (
+                "192.0.2.7:5000",
+                Some("Bearer 0123456789abcdeX"),
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                "192.0.2.7:5000",
+                Some("Bearer 0123456789abcdef"),
+                StatusCode::OK,
+            ),
+        ] {
+            assert_eq!(
+                post_event(&guarded, peer, Listener::Main, auth).await,
+                want,
+                "{peer} {auth:?}"
+            );
+        }
+        let text = String::from_utf8(crate::metrics::encode_with(
+            &open.registry,
+            open.driver.snapshots(),
+        ))
+        .expect("utf8");
+        assert!(
+            text.contains(r#"loopwatch_ingest_rejected_total{reason="forbidden"} 2"#),
+            "{text}"
+        );
+        let text = String::from_utf8(crate::metrics::encode_with(
+            &guarded.registry,
+            guarded.driver.snapshots(),
+        ))
+        .expect("utf8");
+        assert!(
+            text.contains(r#"loopwatch_ingest_rejected_total{reason="unauthorized"} 2"#),
+            "{text}"
+        );
+    }
+
     /// r11: a loopwatch whose UDP bind failed is not ready, and says why.
     #[tokio::test]
     async fn r11_ready_is_503_while_a_streaming_collector_fails() {
