@@ -408,7 +408,8 @@ impl Rejection {
 pub enum HttpRejection {
     /// Basic auth missing or wrong (401).
     Unauthorized,
-    /// A connection beyond the connection cap, closed at once.
+    /// At the connection cap: an idle connection closed to make room, or a
+    /// new one refused because every open one is in use.
     TooManyConnections,
     /// A request that took longer than `web.request_timeout` (408).
     Timeout,

@@ -1,16 +1,19 @@
 //! Sockets and connections of the HTTP server: binding (`:PORT` on IPv4 and
 //! IPv6 at once), systemd socket activation, the open-file limit, and the
 //! accept loop that holds every connection to its limits — a cap on open
-//! connections (beyond it a connection is closed at once and counted), a
+//! connections (at it, the oldest connection that has sent no request yet
+//! makes room; a new one is refused only when all are in use), a
 //! deadline for the TLS handshake and for each request's headers (which is
 //! also the keep-alive idle timeout), and a graceful end on shutdown.
 //!
 //! Issue 15: 1,000 idle connections used to take every file descriptor and
 //! `/metrics` with them.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -20,7 +23,7 @@ use hyper_util::service::TowerToHyperService;
 use prometheus::{IntCounterVec, IntGauge};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::families::HttpRejection;
@@ -101,6 +104,10 @@ pub fn systemd_listeners() -> io::Result<Vec<std::net::TcpListener>> {
     Ok(listeners)
 }
 
+/// Connections that have not sent a complete request yet, oldest first,
+/// each with the sender that closes it.
+type Fresh = Arc<Mutex<BTreeMap<u64, oneshot::Sender<()>>>>;
+
 /// What every connection of every listener shares.
 #[derive(Clone)]
 pub struct Connections {
@@ -109,6 +116,11 @@ pub struct Connections {
     pub cap: usize,
     pub open: IntGauge,
     pub read_header_timeout: Duration,
+    /// At the cap, the oldest of these is closed to make room: idle and
+    /// slowloris connections cannot lock out a scrape, while connections
+    /// that are serving requests are never cut.
+    fresh: Fresh,
+    next_id: Arc<AtomicU64>,
 }
 
 impl Connections {
@@ -118,6 +130,35 @@ impl Connections {
             cap,
             open,
             read_header_timeout,
+            fresh: Arc::default(),
+            next_id: Arc::default(),
+        }
+    }
+
+    /// A slot for a new connection: a free one, or one freed by closing
+    /// the oldest connection that has sent no complete request yet
+    /// (counted in `rejected`); `None` when every open connection is in use.
+    async fn slot(&self, rejected: &IntCounterVec) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        loop {
+            let oldest = self
+                .fresh
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_first();
+            let (_, close) = oldest?;
+            if close.send(()).is_ok() {
+                count(rejected, HttpRejection::TooManyConnections);
+                // The closed connection's task gives its slot back at once.
+                let wait = Duration::from_secs(1);
+                if let Ok(Ok(permit)) =
+                    tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await
+                {
+                    return Some(permit);
+                }
+            }
         }
     }
 
@@ -165,7 +206,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = conns.slots.clone().try_acquire_owned() else {
+        let Some(permit) = conns.slot(&rejected).await else {
             count(&rejected, HttpRejection::TooManyConnections);
             drop(stream);
             continue;
@@ -179,36 +220,99 @@ pub async fn serve(
         let (router, tls, rejected, stop) =
             (router.clone(), tls.clone(), rejected.clone(), stop.clone());
         let header_timeout = conns.read_header_timeout;
+        let id = conns.next_id.fetch_add(1, Ordering::Relaxed);
+        let (close_tx, close_rx) = oneshot::channel();
+        conns
+            .fresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, close_tx);
+        let fresh = Fresh::clone(&conns.fresh);
         tokio::spawn(async move {
             let _slot = slot;
-            match tls {
-                None => {
-                    serve_connection(stream, peer, kind, router, header_timeout, rejected, stop)
-                        .await
+            let first_request = FirstRequest {
+                fresh: fresh.clone(),
+                id,
+            };
+            let closed = async {
+                // Err: no longer closable (it sent a request); wait for the end.
+                if close_rx.await.is_err() {
+                    std::future::pending::<()>().await;
                 }
-                Some(acceptor) => {
-                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            serve_connection(
-                                tls_stream,
-                                peer,
-                                kind,
-                                router,
-                                header_timeout,
-                                rejected,
-                                stop,
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => {
-                            count(&rejected, HttpRejection::TlsHandshake);
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => count(&rejected, HttpRejection::HeaderTimeout),
-                    }
-                }
+            };
+            tokio::select! {
+                () = closed => {}
+                () = run_connection(stream, peer, kind, router, tls, header_timeout, rejected, stop, first_request) => {}
             }
+            fresh.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         });
+    }
+}
+
+/// Takes a connection off the closable list when its first request arrives.
+#[derive(Clone)]
+struct FirstRequest {
+    fresh: Fresh,
+    id: u64,
+}
+
+impl FirstRequest {
+    fn arrived(&self) {
+        self.fresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    kind: Listener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    header_timeout: Duration,
+    rejected: IntCounterVec,
+    stop: watch::Receiver<bool>,
+    first_request: FirstRequest,
+) {
+    match tls {
+        None => {
+            serve_connection(
+                stream,
+                peer,
+                kind,
+                router,
+                header_timeout,
+                rejected,
+                stop,
+                first_request,
+            )
+            .await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    serve_connection(
+                        tls_stream,
+                        peer,
+                        kind,
+                        router,
+                        header_timeout,
+                        rejected,
+                        stop,
+                        first_request,
+                    )
+                    .await
+                }
+                Ok(Err(e)) => {
+                    count(&rejected, HttpRejection::TlsHandshake);
+                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => count(&rejected, HttpRejection::HeaderTimeout),
+            }
+        }
     }
 }
 
@@ -216,6 +320,7 @@ fn count(rejected: &IntCounterVec, reason: HttpRejection) {
     rejected.with_label_values(&[reason.as_str()]).inc();
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<IO>(
     io: IO,
     peer: SocketAddr,
@@ -224,12 +329,14 @@ async fn serve_connection<IO>(
     header_timeout: Duration,
     rejected: IntCounterVec,
     mut stop: watch::Receiver<bool>,
+    first_request: FirstRequest,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     use tower::ServiceExt;
     let service = router.map_request(
         move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+            first_request.arrived();
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(kind);
             req
