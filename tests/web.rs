@@ -409,7 +409,10 @@ fn r15_a_bad_web_config_file_exits_2_naming_the_key() {
 /// from loopback too: none or a wrong one gets 401 and counts.
 #[test]
 fn r15_an_ingest_token_is_required_when_set() {
-    let lw = Exporter::start_with_config("ingest:\n  token: 0123456789abcdef-token\n", &[]);
+    let lw = Exporter::start_with_config(
+        "ingest:\n  token: 0123456789abcdef-token\n",
+        &["--log.level", "debug"],
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], lw.port));
     let body = r#"{"v":1,"type":"bye","app":"a","loop":"main","pid":1}"#;
     for extra in ["", "Authorization: Bearer wrong-token-0123456789\r\n"] {
@@ -436,7 +439,22 @@ fn r15_an_ingest_token_is_required_when_set() {
         Some(2.0),
         "{text}"
     );
-    assert!(!text.contains("0123456789abcdef-token"));
+    // The token appears nowhere: metrics, landing page, loops, debug logs,
+    // check-config.
+    let check = run_bin(&["check-config", lw.config_path.to_str().expect("utf8")]);
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    for (what, shown) in [
+        ("/metrics", text),
+        ("/", get(lw.port, "/").text()),
+        ("/api/v1/loops", get(lw.port, "/api/v1/loops").text()),
+        ("the debug log", lw.stderr()),
+        ("check-config", format!("{check:?}")),
+    ] {
+        assert!(
+            !shown.contains("0123456789abcdef"),
+            "{what} shows the token: {shown}"
+        );
+    }
 }
 
 /// Sets up a network namespace of the test's own with a veth pair:
