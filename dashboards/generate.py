@@ -306,6 +306,19 @@ def overview():
             steps=[("green", None), ("orange", 0.9), ("red", 1)], minv=0, maxv=1)
     b.down(8)
 
+    # ------------------------------------------------------------ HTTP server
+    b.row("HTTP server")
+    b.timeseries("Refused requests and connections", "Requests and connections the HTTP server refused or cut, per second by reason (rate of loopwatch_http_requests_rejected_total): unauthorized (basic auth missing or wrong), tls_handshake (no trusted client certificate, plain HTTP on the TLS port), too_many_connections (at web.max_connections: an idle connection closed to make room, or a new one refused), header_timeout (no complete request headers within web.read_header_timeout: idle keep-alive and slowloris connections), timeout (longer than web.request_timeout), body_too_large. unauthorized and tls_handshake over 0.05/s for 10 minutes fire LoopwatchHTTPAuthFailures. Only reasons with refusals are drawn. Refused ingest posts (forbidden, unauthorized) are on the Event loops dashboard.",
+                 "cps", [target(f'sum by (instance, reason) (rate(loopwatch_http_requests_rejected_total{{{SEL}}}[{RI}])) > 0', "{{reason}} {{instance}}")], 0, 12, minv=0)
+    b.timeseries("HTTP connections vs cap", "HTTP connections open now, all listeners together (loopwatch_http_connections), against the cap (loopwatch_http_max_connections: web.max_connections, never above the open-file limit less 256). At the cap the oldest connection that has sent no request yet is closed to make room; only when all are serving requests is a new one, a scrape too, refused.",
+                 "short", [target(f'loopwatch_http_connections{{{SEL}}}', "open {{instance}}", "A"),
+                           target(f'loopwatch_http_max_connections{{{SEL}}}', "cap {{instance}}", "B")], 12, 12, minv=0,
+                 overrides=[{"matcher": {"id": "byFrameRefID", "options": "B"},
+                             "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+                                            {"id": "custom.fillOpacity", "value": 0},
+                                            {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]}])
+    b.down(8)
+
     # ------------------------------------------------------------ Own runtime
     b.row("Own runtime")
     lag = f'sum by (instance, loop, le) (rate(loopwatch_loop_lag_seconds_bucket{{{RUNTIME}}}[{RI}]))'
@@ -511,7 +524,7 @@ def event_loops():
     b.row("Ingest")
     b.timeseries("Messages received", "Messages from apps per second by transport, accepted or not (rate of loopwatch_ingest_messages_total): udp datagrams and http NDJSON lines. Each loop sends 4 heartbeats a second at the client's defaults.",
                  "cps", [target(f'sum by (instance, transport) (rate(loopwatch_ingest_messages_total{{{SEL}}}[{RI}]))', "{{transport}} {{instance}}")], 0, 8, minv=0)
-    b.timeseries("Rejected messages", "Messages rejected per second by reason (rate of loopwatch_ingest_rejected_total): not_json, unknown_version, unknown_type, invalid, oversize, too_many_apps, too_many_loops (beyond ingest.max_loops_per_app, or a loop the series budget cannot afford), too_many_processes (more than ingest.max_processes_per_loop live processes of one loop), reserved (the app name loopwatch, or an app's rate limit for a polled {api, token}). Only reasons with rejections are drawn; for 15 minutes it fires LoopwatchIngestRejecting.",
+    b.timeseries("Rejected messages", "Messages rejected per second by reason (rate of loopwatch_ingest_rejected_total): not_json, unknown_version, unknown_type, invalid, oversize, too_many_apps, too_many_loops (beyond ingest.max_loops_per_app, or a loop the series budget cannot afford), too_many_processes (more than ingest.max_processes_per_loop live processes of one loop), reserved (the app name loopwatch, or an app's rate limit for a polled {api, token}), forbidden (a POST /api/v1/events from a non-loopback peer the ingest door refused: set ingest.token or ingest.http_listen_address), unauthorized (a post without the ingest token or with a wrong one). Only reasons with rejections are drawn; for 15 minutes it fires LoopwatchIngestRejecting.",
                  "cps", [target(f'sum by (instance, reason) (rate(loopwatch_ingest_rejected_total{{{SEL}}}[{RI}])) > 0', "{{reason}} {{instance}}")], 8, 8, minv=0)
     b.timeseries("Folded label values", "Events per second whose label value exceeded its cap, or needed a series the series budget could not afford, and was folded into other, by kind (rate of loopwatch_ingest_folded_total): task, exception, site, pool, ratelimit, worker (worker ids beyond ingest.max_workers_per_loop). Raise the ingest.max_* cap or give apps fewer distinct names; the budget's fill is on the Overview dashboard (Series from apps vs budget).",
                  "cps", [target(f'sum by (instance, kind) (rate(loopwatch_ingest_folded_total{{{SEL}}}[{RI}])) > 0', "{{kind}} {{instance}}")], 16, 8, minv=0)

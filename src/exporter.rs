@@ -17,14 +17,16 @@ use prometheus::{Gauge, GaugeVec, IntCounterVec, Registry};
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 
+use crate::auth::BasicAuth;
 use crate::collector::{BuildError, Driver, Shared, build_collectors};
-use crate::config::{self, ResolvedConfig, WebFlags};
+use crate::config::{self, ResolvedConfig, WebFlags, WebSecurity};
 use crate::error::Chain;
 use crate::families;
 use crate::ingest::Ingest;
+use crate::listener::{self, Connections};
 use crate::metrics::register_build_info;
 use crate::self_process::SelfProcess;
-use crate::server::{self, ServerState};
+use crate::server::{self, HttpGuard, Listener, ServerState};
 use crate::watchdog::Watchdog;
 
 /// How long connections get to finish after SIGTERM.
@@ -37,6 +39,8 @@ pub struct Settings {
     pub config_path: Option<PathBuf>,
     /// The command-line flags, merged again into each reloaded config.
     pub web: WebFlags,
+    /// The `--web.config.file`: TLS, basic auth, headers (read once, at start).
+    pub security: WebSecurity,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,8 @@ pub enum RunError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot use systemd's socket: {0}")]
+    Systemd(std::io::Error),
     #[error("cannot start the {what} runtime: {source}")]
     Runtime {
         what: &'static str,
@@ -179,6 +185,15 @@ impl Exporter {
                 if new.web != settings.config.web {
                     tracing::warn!("Changes to the web section take effect after a restart");
                 }
+                let (old_door, new_door) = (&settings.config.ingest_door, &new.ingest_door);
+                if old_door.http_listen_address != new_door.http_listen_address
+                    || old_door.token.as_ref().map(|t| t.expose())
+                        != new_door.token.as_ref().map(|t| t.expose())
+                {
+                    tracing::warn!(
+                        "Changes to ingest.token, ingest.token_file and ingest.http_listen_address take effect after a restart"
+                    );
+                }
                 match self.apply(&new) {
                     Ok(()) => {
                         tracing::info!(config = %shown, summary = %new.summary(), "Reloaded the configuration")
@@ -203,12 +218,22 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
     let web = &settings.config.web;
     // Bind first: a port in use ends the start before anything runs.
     let mut listeners = Vec::new();
-    for &addr in &web.listen_addresses {
-        let listener = std::net::TcpListener::bind(addr)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|source| RunError::Listen { addr, source })?;
-        listeners.push(listener);
+    if web.systemd_socket {
+        for l in listener::systemd_listeners().map_err(RunError::Systemd)? {
+            listeners.push((Listener::Main, l));
+        }
+    } else {
+        for &addr in &web.listen_addresses {
+            let l = listener::bind(addr).map_err(|source| RunError::Listen { addr, source })?;
+            listeners.push((Listener::Main, l));
+        }
     }
+    if let Some(addr) = settings.config.ingest_door.http_listen_address {
+        let l = listener::bind(addr).map_err(|source| RunError::Listen { addr, source })?;
+        listeners.push((Listener::Ingest, l));
+    }
+    let fd_limit = listener::raise_fd_limit();
+    let cap = listener::connection_cap(web.max_connections, fd_limit);
 
     let collect_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.config.runtime.worker_threads)
@@ -231,6 +256,30 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         &settings.config,
         collect_rt.handle().clone(),
     )?);
+    let registry = &exporter.registry;
+    let security = &settings.security;
+    let http = HttpGuard {
+        basic_auth: security
+            .basic_auth
+            .clone()
+            .map(|users| Arc::new(BasicAuth::new(users))),
+        ingest_token: settings.config.ingest_door.token.clone(),
+        headers: security
+            .headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.parse().ok()?, v.parse().ok()?)))
+            .collect(),
+        request_timeout: web.request_timeout,
+        rejected: HttpGuard::register_rejected(registry),
+    };
+    families::HTTP_MAX_CONNECTIONS
+        .int_gauge(registry)
+        .set(i64::try_from(cap).unwrap_or(i64::MAX));
+    let conns = Connections::new(
+        cap,
+        families::HTTP_CONNECTIONS.int_gauge(registry),
+        web.read_header_timeout,
+    );
     let state = Arc::new(ServerState {
         registry: exporter.registry.clone(),
         driver: exporter.driver.clone(),
@@ -238,56 +287,83 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
         logs: exporter.shared.logs.clone(),
         telemetry_path: web.telemetry_path.clone(),
         scrape_slots: web.max_requests.map(|n| Arc::new(Semaphore::new(n))),
+        http,
     });
     tracing::info!(
         version = crate::version::VERSION,
         config = settings.config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<default>".into()),
         summary = %settings.config.summary(),
+        tls = settings.security.tls.is_some(),
+        basic_auth = settings.security.basic_auth.is_some(),
+        ingest_token = settings.config.ingest_door.token.is_some(),
+        max_connections = cap,
+        fd_limit,
         "Starting loopwatch"
     );
 
+    let tls = settings
+        .security
+        .tls
+        .clone()
+        .map(tokio_rustls::TlsAcceptor::from);
     let settings = Arc::new(settings);
-    let result = server_rt.block_on(serve(listeners, state, exporter.clone(), settings));
+    let result = server_rt.block_on(serve(
+        listeners,
+        state,
+        tls,
+        conns,
+        exporter.clone(),
+        settings,
+    ));
     exporter.driver.stop_all();
     collect_rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
 async fn serve(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(Listener, std::net::TcpListener)>,
     state: Arc<ServerState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    conns: Connections,
     exporter: Arc<Exporter>,
     settings: Arc<Settings>,
 ) -> Result<(), RunError> {
-    let router = server::router(state);
+    let main_router = server::router(state.clone());
+    let ingest_router = server::ingest_router(state.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners {
+    for (kind, listener) in listeners {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|source| RunError::Listen { addr, source })?;
-        tracing::info!(address = %addr, "Listening");
-        let mut stop = stop_rx.clone();
-        let router = router.clone();
-        servers.spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %Chain(&e), "HTTP server failed");
+        let (router, tls) = match kind {
+            Listener::Main => (main_router.clone(), tls.clone()),
+            Listener::Ingest => (ingest_router.clone(), None),
+        };
+        match kind {
+            Listener::Main => tracing::info!(address = %addr, tls = tls.is_some(), "Listening"),
+            Listener::Ingest => {
+                tracing::info!(address = %addr, "Listening for POST /api/v1/events")
             }
-        });
+        }
+        servers.spawn(listener::serve(
+            listener,
+            kind,
+            router,
+            tls,
+            conns.clone(),
+            state.http.rejected.clone(),
+            stop_rx.clone(),
+        ));
     }
 
     wait_for_signals(&exporter, &settings).await;
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while servers.join_next().await.is_some() {}
+        conns.drained().await;
     })
     .await;
     if drained.is_err() {

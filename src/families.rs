@@ -136,6 +136,14 @@ families! {
     LOG_SUPPRESSED = Counter "loopwatch_log_suppressed_total" ["level"]
         "loopwatch's own log lines dropped because the same message repeated more often than the log repeat limit allows, by level.";
 
+    // The HTTP server.
+    HTTP_REQUESTS_REJECTED = Counter "loopwatch_http_requests_rejected_total" ["reason"]
+        "HTTP requests and connections the server refused or cut, by reason.";
+    HTTP_CONNECTIONS = Gauge "loopwatch_http_connections" []
+        "HTTP connections open now, all listeners together.";
+    HTTP_MAX_CONNECTIONS = Gauge "loopwatch_http_max_connections" []
+        "HTTP connections allowed open at once (web.max_connections, or derived from the open-file limit).";
+
     // The collector driver.
     COLLECTOR_DURATION = Gauge "loopwatch_collector_duration_seconds" ["collector", "target"]
         "Duration of the collector's last poll.";
@@ -449,10 +457,15 @@ pub enum Rejection {
     TooManyProcesses,
     /// Claims loopwatch's own name, or a rate limit loopwatch polls itself.
     Reserved,
+    /// `POST /api/v1/events` from a peer the ingest door does not admit
+    /// (not loopback, and no token nor ingest listener configured).
+    Forbidden,
+    /// `POST /api/v1/events` without the configured ingest token, or a wrong one.
+    Unauthorized,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 11] = [
         Rejection::Oversize,
         Rejection::NotJson,
         Rejection::UnknownVersion,
@@ -462,6 +475,8 @@ impl Rejection {
         Rejection::TooManyLoops,
         Rejection::TooManyProcesses,
         Rejection::Reserved,
+        Rejection::Forbidden,
+        Rejection::Unauthorized,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -475,6 +490,51 @@ impl Rejection {
             Rejection::TooManyLoops => "too_many_loops",
             Rejection::TooManyProcesses => "too_many_processes",
             Rejection::Reserved => "reserved",
+            Rejection::Forbidden => "forbidden",
+            Rejection::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// `loopwatch_http_requests_rejected_total{reason}`: why the HTTP server
+/// refused a request or a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRejection {
+    /// Basic auth missing or wrong (401).
+    Unauthorized,
+    /// At the connection cap: an idle connection closed to make room, or a
+    /// new one refused because every open one is in use.
+    TooManyConnections,
+    /// A request that took longer than `web.request_timeout` (408).
+    Timeout,
+    /// A connection that sent no complete request headers, or no TLS
+    /// handshake, within `web.read_header_timeout`.
+    HeaderTimeout,
+    /// A TLS handshake that failed (no or a bad client certificate, no
+    /// common version).
+    TlsHandshake,
+    /// A request body over its limit (413).
+    BodyTooLarge,
+}
+
+impl HttpRejection {
+    pub const ALL: [HttpRejection; 6] = [
+        HttpRejection::Unauthorized,
+        HttpRejection::TooManyConnections,
+        HttpRejection::Timeout,
+        HttpRejection::HeaderTimeout,
+        HttpRejection::TlsHandshake,
+        HttpRejection::BodyTooLarge,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpRejection::Unauthorized => "unauthorized",
+            HttpRejection::TooManyConnections => "too_many_connections",
+            HttpRejection::Timeout => "timeout",
+            HttpRejection::HeaderTimeout => "header_timeout",
+            HttpRejection::TlsHandshake => "tls_handshake",
+            HttpRejection::BodyTooLarge => "body_too_large",
         }
     }
 }

@@ -13,12 +13,14 @@
 //! DESIGN.md for the architecture; `main.rs` only parses the command line and
 //! calls [`exporter::run`].
 
+pub mod auth;
 pub mod collector;
 pub mod config;
 mod error;
 pub mod exporter;
 pub(crate) mod families;
 pub mod ingest;
+pub mod listener;
 pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod self_process;

@@ -1,4 +1,6 @@
-//! Log setup: logfmt (default) or JSON lines on stderr, with a per-message
+//! Log setup: logfmt (default) or JSON lines on stderr with the keys the
+//! Prometheus tools write (`time`, `level`, `source` as file:line, `msg`,
+//! then the event's fields and its spans' fields), with a per-message
 //! repeat limit so that a fault that lasts hours (a database down, a token
 //! revoked) costs a few lines, not one per poll: loopwatch must not repeat
 //! the log-spam incident it is meant to make visible.
@@ -79,23 +81,191 @@ pub fn init(level: Level, format: Format, limit: RepeatLimit) {
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(RepeatLimiter::new(limit));
-    match format {
-        Format::Logfmt => registry
-            .with(
-                tracing_logfmt::builder()
-                    .layer()
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
-        Format::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
+    registry.with(Lines { format }).init();
+}
+
+/// Writes each event as one logfmt or JSON line on stderr.
+struct Lines {
+    format: Format,
+}
+
+/// A field value, typed for JSON.
+enum Value {
+    Text(String),
+    /// A number or a boolean, written bare.
+    Bare(String),
+}
+
+/// An event's or a span's fields in the order given, and the message.
+#[derive(Default)]
+struct Fields {
+    msg: String,
+    pairs: Vec<(&'static str, Value)>,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.msg = text;
+        } else {
+            self.pairs.push((field.name(), Value::Text(text)));
+        }
     }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.msg = value.to_owned();
+        } else {
+            self.pairs
+                .push((field.name(), Value::Text(value.to_owned())));
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.pairs
+            .push((field.name(), Value::Text(value.to_string())));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.pairs
+            .push((field.name(), Value::Bare(value.to_string())));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.pairs
+            .push((field.name(), Value::Bare(value.to_string())));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        let text = if value.is_finite() {
+            value.to_string()
+        } else {
+            format!("\"{value}\"")
+        };
+        self.pairs.push((field.name(), Value::Bare(text)));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.pairs
+            .push((field.name(), Value::Bare(value.to_string())));
+    }
+}
+
+/// A span's fields, kept in its extensions for the events inside it.
+struct SpanFields(Vec<(&'static str, String)>);
+
+impl<S> Layer<S> for Lines
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        let pairs = fields
+            .pairs
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::Text(t) | Value::Bare(t) => (k, t),
+            })
+            .collect();
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanFields(pairs));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        // The spans' fields (a collector's kind and target), outermost first,
+        // unless the event has a field of the same name.
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(SpanFields(pairs)) = span.extensions().get::<SpanFields>() {
+                    for (k, v) in pairs {
+                        if !fields.pairs.iter().any(|(name, _)| name == k) {
+                            fields.pairs.push((k, Value::Text(v.clone())));
+                        }
+                    }
+                }
+            }
+        }
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let level = meta.level().as_str();
+        let file = meta.file().unwrap_or("?");
+        let file = file.rsplit_once("src/").map_or(file, |(_, rest)| rest);
+        let source = format!("{file}:{}", meta.line().unwrap_or(0));
+        let line = match self.format {
+            Format::Logfmt => {
+                let mut line = format!("time={time} level={level} source={source} msg=");
+                push_logfmt(&mut line, &fields.msg);
+                for (k, v) in &fields.pairs {
+                    line.push(' ');
+                    line.push_str(k);
+                    line.push('=');
+                    match v {
+                        Value::Text(t) => push_logfmt(&mut line, t),
+                        Value::Bare(t) => line.push_str(t),
+                    }
+                }
+                line
+            }
+            Format::Json => {
+                let mut map = serde_json::Map::new();
+                map.insert("time".into(), time.into());
+                map.insert("level".into(), level.into());
+                map.insert("source".into(), source.into());
+                map.insert("msg".into(), fields.msg.into());
+                for (k, v) in fields.pairs {
+                    let value = match v {
+                        Value::Text(t) => serde_json::Value::String(t),
+                        Value::Bare(t) => {
+                            serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t))
+                        }
+                    };
+                    map.entry(k).or_insert(value);
+                }
+                serde_json::Value::Object(map).to_string()
+            }
+        };
+        use std::io::Write as _;
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+/// A logfmt value: bare when it can be, else quoted with `"`, `\` and
+/// control characters escaped.
+fn push_logfmt(out: &mut String, value: &str) {
+    let bare = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '=' && c != '\\');
+    if bare {
+        out.push_str(value);
+        return;
+    }
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Messages tracked at most; beyond it the oldest windows are forgotten.
@@ -283,6 +453,16 @@ mod tests {
             limiter.check(1, msg, t0 + Duration::from_secs(303)),
             Verdict::Drop
         );
+    }
+
+    #[test]
+    fn logfmt_values_are_quoted_when_needed() {
+        let mut out = String::new();
+        for v in ["plain", "two words", "", "a\"b\\c\nd", "k=v"] {
+            push_logfmt(&mut out, v);
+            out.push(' ');
+        }
+        assert_eq!(out, r#"plain "two words" "" "a\"b\\c\nd" "k=v" "#);
     }
 
     #[test]

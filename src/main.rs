@@ -31,6 +31,16 @@ struct Cli {
     #[arg(long = "web.max-requests", value_name = "N")]
     max_requests: Option<usize>,
 
+    /// Web configuration file (exporter-toolkit format): TLS, client
+    /// certificates, basic auth, response headers.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
+
+    /// Serve on the socket systemd passes (socket activation) instead of
+    /// --web.listen-address.
+    #[arg(long = "web.systemd-socket")]
+    systemd_socket: bool,
+
     /// Leave out the exporter's own process_* metrics.
     #[arg(long = "web.disable-exporter-metrics")]
     disable_exporter_metrics: bool,
@@ -128,24 +138,40 @@ fn main() -> ExitCode {
         telemetry_path: cli.telemetry_path,
         max_requests: cli.max_requests,
         disable_exporter_metrics: cli.disable_exporter_metrics,
+        systemd_socket: cli.systemd_socket,
     };
     let config = match config::load(cli.config_file.as_deref(), &web) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return config_error(&e),
+    };
+    let security = match cli
+        .web_config_file
+        .as_deref()
+        .map(config::load_web_config_file)
+    {
+        None => Default::default(),
+        Some(Ok(security)) => security,
+        Some(Err(e)) => return config_error(&e),
     };
     let settings = Settings {
         config,
         config_path: cli.config_file,
         web,
+        security,
     };
     match exporter::run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("loopwatch: {e}");
+            tracing::error!(error = %e, "Cannot start");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs every problem, one line each in the chosen log format; exits 2.
+fn config_error(e: &config::ConfigError) -> ExitCode {
+    for problem in e.to_string().lines() {
+        tracing::error!(problem, "Invalid configuration");
+    }
+    ExitCode::from(EXIT_CONFIG)
 }

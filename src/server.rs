@@ -4,22 +4,27 @@
 //! It runs on its own runtime, apart from the collectors, so that a blocked
 //! collector runtime shows up as a stall in `/metrics` instead of a timeout.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use prometheus::Registry;
+use axum::routing::{MethodRouter, get, post};
+use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::sync::Semaphore;
 use tower_http::compression::CompressionLayer;
+use tower_http::timeout::TimeoutLayer;
 
+use crate::auth::{self, BasicAuth};
 use crate::collector::Driver;
 use crate::collector::logs::LogStates;
-use crate::families::Transport;
+use crate::config::Secret;
+use crate::families::{self, HttpRejection, Rejection, Transport};
 use crate::ingest::Ingest;
 use crate::metrics::{TEXT_CONTENT_TYPE, encode_with};
 use crate::version;
@@ -34,23 +39,178 @@ pub struct ServerState {
     pub telemetry_path: String,
     /// Concurrent scrapes allowed (`--web.max-requests`); `None`: no limit.
     pub scrape_slots: Option<Arc<Semaphore>>,
+    /// Auth, the ingest door and the limits of each request.
+    pub http: HttpGuard,
 }
 
-/// The router, apart from any socket (tests call it with `oneshot`).
+/// Which listener a connection came in on; the listener puts it, with the
+/// peer's [`ConnectInfo`], into each request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `web.listen_addresses` (or systemd's socket): every endpoint.
+    Main,
+    /// `ingest.http_listen_address`: `POST /api/v1/events` from any peer.
+    Ingest,
+}
+
+/// What guards the handlers: basic auth, the ingest token, extra response
+/// headers, the request time limit and the counter of refusals. The default
+/// guards nothing but the ingest door's loopback rule.
+pub struct HttpGuard {
+    pub basic_auth: Option<Arc<BasicAuth>>,
+    pub ingest_token: Option<Secret>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub request_timeout: Duration,
+    pub rejected: IntCounterVec,
+}
+
+impl Default for HttpGuard {
+    fn default() -> Self {
+        let family = &families::HTTP_REQUESTS_REJECTED;
+        Self {
+            basic_auth: None,
+            ingest_token: None,
+            headers: Vec::new(),
+            request_timeout: Duration::from_secs(30),
+            rejected: IntCounterVec::new(Opts::new(family.name, family.help), family.labels)
+                .expect("valid family"),
+        }
+    }
+}
+
+impl HttpGuard {
+    /// The refusal counter, registered in `registry` with every reason at 0.
+    pub fn register_rejected(registry: &Registry) -> IntCounterVec {
+        let rejected = families::HTTP_REQUESTS_REJECTED.int_counter_vec(registry);
+        for r in HttpRejection::ALL {
+            rejected.with_label_values(&[r.as_str()]);
+        }
+        rejected
+    }
+
+    pub fn count(&self, reason: HttpRejection) {
+        self.rejected.with_label_values(&[reason.as_str()]).inc();
+    }
+}
+
+/// The router of the main listener, apart from any socket (tests call it
+/// with `oneshot`).
 pub fn router(state: Arc<ServerState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(&state.telemetry_path, get(metrics))
         .route("/", get(landing))
         .route("/-/healthy", get(|| async { "Healthy\n" }))
         .route("/-/ready", get(ready))
-        .route(
-            "/api/v1/events",
-            post(events).layer(DefaultBodyLimit::max(MAX_EVENTS_BODY)),
-        )
+        .route("/api/v1/events", events_route(&state))
         .route("/api/v1/loops", get(loops))
-        .with_state(state)
-        // Outermost: compress whatever the handlers return, when asked to.
+        .with_state(state.clone())
+        // Inner: basic auth before any handler.
+        .layer(middleware::from_fn_with_state(state.clone(), basic_auth));
+    guarded(routes, state)
+}
+
+/// The router of the ingest listener: the events endpoint and liveness only.
+pub fn ingest_router(state: Arc<ServerState>) -> Router {
+    let routes = Router::new()
+        .route("/api/v1/events", events_route(&state))
+        .route("/-/healthy", get(|| async { "Healthy\n" }))
+        .with_state(state.clone());
+    guarded(routes, state)
+}
+
+/// The layers every listener has, inner to outer.
+fn guarded(routes: Router, state: Arc<ServerState>) -> Router {
+    let timeout = state.http.request_timeout;
+    routes
+        // A request (its body upload included) gets `web.request_timeout`.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        // Compress whatever the handlers return, when asked to.
         .layer(CompressionLayer::new().gzip(true))
+        // Outermost: count refusals and add the configured headers.
+        .layer(middleware::from_fn_with_state(state, outermost))
+}
+
+/// `POST /api/v1/events`: the door first, so a refused post is never read.
+fn events_route(state: &Arc<ServerState>) -> MethodRouter<Arc<ServerState>> {
+    post(events)
+        .layer(DefaultBodyLimit::max(MAX_EVENTS_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), ingest_door))
+}
+
+async fn outermost(State(state): State<Arc<ServerState>>, req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    match response.status() {
+        StatusCode::REQUEST_TIMEOUT => state.http.count(HttpRejection::Timeout),
+        StatusCode::PAYLOAD_TOO_LARGE => state.http.count(HttpRejection::BodyTooLarge),
+        _ => {}
+    }
+    for (name, value) in &state.http.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+/// Basic auth on every endpoint of the main listener but the events
+/// endpoint, whose door (loopback or the ingest token) decides instead:
+/// apps' reporters send no passwords.
+async fn basic_auth(State(state): State<Arc<ServerState>>, req: Request, next: Next) -> Response {
+    let Some(auth) = &state.http.basic_auth else {
+        return next.run(req).await;
+    };
+    if req.method() == Method::POST && req.uri().path() == "/api/v1/events" {
+        return next.run(req).await;
+    }
+    if auth.check(req.headers()).await {
+        return next.run(req).await;
+    }
+    state.http.count(HttpRejection::Unauthorized);
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::WWW_AUTHENTICATE,
+            r#"Basic realm="loopwatch", charset="UTF-8""#,
+        )],
+        "Unauthorized\n",
+    )
+        .into_response()
+}
+
+/// Who may post events: with an ingest token, whoever sends it (401
+/// otherwise); without one, any peer of the ingest listener and loopback
+/// peers of the main listener (403 otherwise).
+async fn ingest_door(State(state): State<Arc<ServerState>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.http.ingest_token {
+        if auth::bearer_matches(req.headers(), token) {
+            return next.run(req).await;
+        }
+        state.ingest.refuse(Rejection::Unauthorized);
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                r#"Bearer realm="loopwatch ingest""#,
+            )],
+            "The ingest token is missing or wrong.\n",
+        )
+            .into_response();
+    }
+    let on_ingest_listener = req.extensions().get::<Listener>() == Some(&Listener::Ingest);
+    let loopback = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|ConnectInfo(peer)| auth::is_loopback(peer.ip()));
+    if on_ingest_listener || loopback {
+        return next.run(req).await;
+    }
+    state.ingest.refuse(Rejection::Forbidden);
+    (
+        StatusCode::FORBIDDEN,
+        "POST /api/v1/events takes loopback peers only; set ingest.token or ingest.http_listen_address to take others.\n",
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
@@ -271,6 +431,118 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    fn state_with(http: HttpGuard) -> Arc<ServerState> {
+        let registry = Registry::new();
+        let watchdog = Arc::new(Watchdog::register(&registry));
+        let ingest = Arc::new(Ingest::register(
+            &registry,
+            watchdog,
+            IngestConfig::default(),
+        ));
+        let driver = Arc::new(Driver::new(tokio::runtime::Handle::current(), &registry));
+        Arc::new(ServerState {
+            registry,
+            driver,
+            ingest,
+            logs: Arc::default(),
+            telemetry_path: "/metrics".into(),
+            scrape_slots: None,
+            http,
+        })
+    }
+
+    async fn post_event(
+        state: &Arc<ServerState>,
+        peer: &str,
+        listener: Listener,
+        authorization: Option<&str>,
+    ) -> StatusCode {
+        let mut request = Request::post("/api/v1/events");
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let mut request = request
+            .body(Body::from(
+                r#"{"v":1,"type":"bye","app":"a","loop":"main","pid":1}"#,
+            ))
+            .expect("request");
+        let peer: SocketAddr = peer.parse().expect("peer");
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(listener);
+        let router = match listener {
+            Listener::Main => router(state.clone()),
+            Listener::Ingest => ingest_router(state.clone()),
+        };
+        router.oneshot(request).await.expect("response").status()
+    }
+
+    /// r15: the ingest door: loopback (also IPv4-mapped) on the main
+    /// listener, any peer on the ingest listener, and only the token's
+    /// bearers once a token is set.
+    #[tokio::test]
+    async fn r15_the_ingest_door_admits_loopback_the_ingest_listener_or_the_token() {
+        let open = state_with(HttpGuard::default());
+        for (peer, listener, want) in [
+            ("127.0.0.1:5000", Listener::Main, StatusCode::OK),
+            ("[::ffff:127.0.0.1]:5000", Listener::Main, StatusCode::OK),
+            ("[::1]:5000", Listener::Main, StatusCode::OK),
+            ("192.0.2.7:5000", Listener::Main, StatusCode::FORBIDDEN),
+            (
+                "[::ffff:192.0.2.7]:5000",
+                Listener::Main,
+                StatusCode::FORBIDDEN,
+            ),
+            ("192.0.2.7:5000", Listener::Ingest, StatusCode::OK),
+        ] {
+            assert_eq!(
+                post_event(&open, peer, listener, None).await,
+                want,
+                "{peer} {listener:?}"
+            );
+        }
+        let guarded = state_with(HttpGuard {
+            ingest_token: Some(Secret::new("0123456789abcdef".into())),
+            ..HttpGuard::default()
+        });
+        for (peer, auth, want) in [
+            ("127.0.0.1:5000", None, StatusCode::UNAUTHORIZED),
+            (
+                "192.0.2.7:5000",
+                Some("Bearer 0123456789abcdeX"),
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                "192.0.2.7:5000",
+                Some("Bearer 0123456789abcdef"),
+                StatusCode::OK,
+            ),
+        ] {
+            assert_eq!(
+                post_event(&guarded, peer, Listener::Main, auth).await,
+                want,
+                "{peer} {auth:?}"
+            );
+        }
+        let text = String::from_utf8(crate::metrics::encode_with(
+            &open.registry,
+            open.driver.snapshots(),
+        ))
+        .expect("utf8");
+        assert!(
+            text.contains(r#"loopwatch_ingest_rejected_total{reason="forbidden"} 2"#),
+            "{text}"
+        );
+        let text = String::from_utf8(crate::metrics::encode_with(
+            &guarded.registry,
+            guarded.driver.snapshots(),
+        ))
+        .expect("utf8");
+        assert!(
+            text.contains(r#"loopwatch_ingest_rejected_total{reason="unauthorized"} 2"#),
+            "{text}"
+        );
+    }
+
     /// r11: a loopwatch whose UDP bind failed is not ready, and says why.
     #[tokio::test]
     async fn r11_ready_is_503_while_a_streaming_collector_fails() {
@@ -289,6 +561,7 @@ mod tests {
             logs: Arc::default(),
             telemetry_path: "/metrics".into(),
             scrape_slots: None,
+            http: HttpGuard::default(),
         });
         let (status, body) = get_ready(state.clone()).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "Ready\n"));

@@ -199,7 +199,7 @@ fn garbage_is_rejected_or_folded_and_the_exporter_keeps_serving() {
     let log = lw.stderr();
     let rejected: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains(r#"message="Rejected ingest messages""#))
+        .filter(|l| l.contains(r#"msg="Rejected ingest messages""#))
         .collect();
     assert_eq!(rejected.len(), 5, "{log}");
     assert!(

@@ -194,8 +194,12 @@ fn r11_a_wrong_web_flag_exits_2_naming_the_flag() {
             assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(err.lines().count(), 1, "{err}");
+            // r14: in the log format, like every start-up error.
             assert!(
-                err.starts_with(&format!("command line: {flag}: ")) && err.contains(value),
+                err.starts_with("time=")
+                    && err.contains("level=ERROR")
+                    && err.contains(&format!("problem=\"command line: {flag}: "))
+                    && err.contains(value),
                 "{args:?}: {err}"
             );
         }
@@ -357,22 +361,35 @@ fn logs_are_logfmt_or_json() {
         .collect();
     let start = lines
         .iter()
-        .find(|l| l["message"] == "Starting loopwatch")
+        .find(|l| l["msg"] == "Starting loopwatch")
         .unwrap_or_else(|| panic!("no start line: {log}"));
+    // r14: the keys the Prometheus tools write.
     assert_eq!(start["level"], "INFO", "{start}");
+    assert!(
+        start["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{start}"
+    );
+    assert!(
+        start["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("exporter.rs:")),
+        "{start}"
+    );
 
     let mut lw = Exporter::start(&[]);
     lw.signal("TERM");
     lw.wait_exit(Duration::from_secs(10));
     let log = lw.stderr();
     assert!(
-        log.lines()
-            .all(|l| l.starts_with("ts=") && l.contains(" level=") && l.contains(" message=")),
+        log.lines().all(|l| l.starts_with("time=")
+            && l.contains(" level=")
+            && l.contains(" source=")
+            && l.contains(" msg=")),
         "{log}"
     );
     assert!(
         log.lines()
-            .any(|l| l.contains("level=info") && l.contains(r#"message="Starting loopwatch""#)),
+            .any(|l| l.contains("level=INFO") && l.contains(r#"msg="Starting loopwatch""#)),
         "{log}"
     );
 }
@@ -409,14 +426,13 @@ fn a_repeating_log_message_is_limited_and_counted() {
     let repeats = log
         .lines()
         .filter(|l| {
-            l.contains(r#"message="Collector poll failed again""#) && l.contains("reason=connect")
+            l.contains(r#"msg="Collector poll failed again""#) && l.contains("reason=connect")
         })
         .count();
     assert_eq!(repeats, 2, "{log}");
     assert!(
         log.lines()
-            .any(|l| l.contains(r#"message="Collector poll failed""#)
-                && l.contains("reason=connect")),
+            .any(|l| l.contains(r#"msg="Collector poll failed""#) && l.contains("reason=connect")),
         "{log}"
     );
 
@@ -436,7 +452,7 @@ fn a_repeating_log_message_is_limited_and_counted() {
     let log = lw.stderr();
     assert!(
         log.lines()
-            .filter(|l| l.contains(r#"message="Collector poll failed again""#))
+            .filter(|l| l.contains(r#"msg="Collector poll failed again""#))
             .count()
             >= 4,
         "{log}"

@@ -47,6 +47,7 @@ impl Harness {
             logs: exporter.shared.logs.clone(),
             telemetry_path: "/metrics".into(),
             scrape_slots,
+            http: Default::default(),
         });
         Self {
             collect,

@@ -34,6 +34,7 @@ mod schema;
 mod secret;
 mod validate;
 mod web;
+mod webfile;
 mod yaml;
 
 use std::net::SocketAddr;
@@ -50,8 +51,9 @@ pub use schema::{
     HttpMethod, IngestConfig, LogFormat, LogRepeatConfig, RateLimitKind, RawConfig, ResetFormat,
     RuntimeConfig, StartAt,
 };
-pub use secret::{FileError, MAX_SECRET_FILE, read_bounded};
-pub use web::{Web, WebFlags, parse_listen_address};
+pub use secret::{FileError, MAX_SECRET_FILE, Secret, read_bounded};
+pub use web::{IngestDoor, Web, WebFlags, parse_http_listen_address, parse_listen_address};
+pub use webfile::{BasicAuthUsers, WebSecurity, load_web_config_file};
 
 /// The configuration loopwatch runs on when no file is given: it watches its
 /// own runtime and process. Printed by `loopwatch print-default-config`.
@@ -72,6 +74,8 @@ pub struct ResolvedConfig {
     pub pgbouncer: Vec<PgBouncerTarget>,
     pub ratelimits: Vec<RateLimitTarget>,
     pub logs: Vec<LogTarget>,
+    /// Who may `POST /api/v1/events`: the ingest token and listener.
+    pub ingest_door: IngestDoor,
 }
 
 impl ResolvedConfig {

@@ -45,6 +45,19 @@ pub struct WebConfig {
     pub max_requests: usize,
     /// Leave out the exporter's own `process_*` metrics.
     pub disable_exporter_metrics: bool,
+    /// Open HTTP connections at most (all listeners together); more are
+    /// closed at once and counted. 0: the open-file limit less a reserve,
+    /// at most 10000.
+    pub max_connections: usize,
+    /// Time a client gets to send a request's headers, from the connection's
+    /// start or the end of the previous response (also the keep-alive idle
+    /// timeout, and the TLS handshake's limit).
+    #[serde(with = "humantime_serde")]
+    pub read_header_timeout: Duration,
+    /// Time a request may take from its headers to its response (body upload
+    /// included); slower ones get 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for WebConfig {
@@ -54,6 +67,9 @@ impl Default for WebConfig {
             telemetry_path: "/metrics".to_owned(),
             max_requests: 40,
             disable_exporter_metrics: false,
+            max_connections: 0,
+            read_header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -99,6 +115,17 @@ pub struct IngestConfig {
     pub max_series: usize,
     /// Stalls kept per loop for `GET /api/v1/loops`.
     pub recent_stalls: usize,
+    /// Bearer token `POST /api/v1/events` must carry (`Authorization: Bearer
+    /// …`), usually `${ENV_VAR}`; with it, any peer with the token may post.
+    /// Without a token and an ingest listener, only loopback peers may post.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A file holding the ingest token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// A separate plain-HTTP listener for `POST /api/v1/events` only, which
+    /// accepts any peer (with the token, when one is set); empty: none.
+    pub http_listen_address: String,
 }
 
 impl Default for IngestConfig {
@@ -120,6 +147,9 @@ impl Default for IngestConfig {
             max_series_per_app: 5_000,
             max_series: 50_000,
             recent_stalls: 10,
+            token: None,
+            token_file: None,
+            http_listen_address: String::new(),
         }
     }
 }

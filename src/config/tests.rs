@@ -16,7 +16,8 @@ fn embedded_default_is_valid() {
     assert!(c.processes.is_empty());
     assert_eq!(
         c.web.listen_addresses,
-        vec!["0.0.0.0:10071".parse::<SocketAddr>().expect("addr")]
+        // `:10071`: IPv4 and IPv6 (issue 14).
+        vec!["[::]:10071".parse::<SocketAddr>().expect("addr")]
     );
     assert_eq!(c.udp_listen_address, Some(([127, 0, 0, 1], 10071).into()));
 }
@@ -264,6 +265,7 @@ fn flags_are_merged_before_validation_and_named_in_problems() {
         telemetry_path: Some("metrics".into()),
         max_requests: Some(0),
         disable_exporter_metrics: true,
+        systemd_socket: false,
     };
     let e = parse("web:\n  telemetry_path: /m\n", "f.yml", &flags).expect_err("bad flags");
     let paths: Vec<&str> = e.problems.iter().map(|p| p.path.as_str()).collect();
@@ -284,6 +286,7 @@ fn flags_are_merged_before_validation_and_named_in_problems() {
         telemetry_path: Some("/m2".into()),
         max_requests: Some(0),
         disable_exporter_metrics: true,
+        systemd_socket: false,
     };
     let c = parse(
         "web:\n  telemetry_path: /m\n  max_requests: 3\n",

@@ -27,6 +27,7 @@ pub fn validate(config: &RawConfig, flags: &WebFlags) -> Result<ResolvedConfig, 
         pgbouncer: postgres::resolve_pgbouncer(&config.pgbouncer, &mut problems),
         ratelimits: ratelimits::resolve(&config.ratelimits, &mut problems),
         logs: logs::resolve(&config.logs, &mut problems),
+        ingest_door: web::resolve_ingest_door(&config.ingest, &mut problems),
     };
     if problems.0.is_empty() {
         Ok(resolved)

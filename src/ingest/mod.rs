@@ -216,6 +216,16 @@ impl Ingest {
         result
     }
 
+    /// Counts an HTTP post the ingest door refused before reading it
+    /// (`forbidden`, `unauthorized`), with the same rate-limited warning.
+    pub fn refuse(&self, reason: Rejection) {
+        self.series
+            .rejected
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        self.log_rejection(reason, Transport::Http, b"");
+    }
+
     /// One warning per reason and transport every [`REJECTION_LOG_EVERY`],
     /// naming the app of the message that triggered it (when it names one)
     /// and how many were rejected since: a flood of garbage costs a line.
@@ -237,7 +247,10 @@ impl Ingest {
             std::mem::take(&mut entry.1)
         };
         let app = match reason {
-            Rejection::Oversize | Rejection::NotJson => None,
+            Rejection::Oversize
+            | Rejection::NotJson
+            | Rejection::Forbidden
+            | Rejection::Unauthorized => None,
             _ => serde_json::from_slice::<serde_json::Value>(raw)
                 .ok()
                 .and_then(|v| v.get("app")?.as_str().map(label_value)),
