@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::fake_api::{FakeApi, Reply};
 use common::*;
 
-const SECRETS: [&str; 5] = [
+const SECRETS: [&str; 6] = [
+    "ingestTOKEN-r15secret-6",
     "dsnPW-r15secret-1",
     "filePW-r15secret-2",
     "inlinePW-r15secret-3",
@@ -20,7 +21,7 @@ const SECRETS: [&str; 5] = [
 
 #[test]
 fn r15_no_secret_in_any_output() {
-    let [dsn_pw, file_pw, inline_pw, api_token, gh_token] = SECRETS;
+    let [ingest_token, dsn_pw, file_pw, inline_pw, api_token, gh_token] = SECRETS;
     let first = FakeApi::start();
     let second = FakeApi::start();
     // The http API redirects to another host, which refuses: its words are logged.
@@ -50,7 +51,9 @@ fn r15_no_secret_in_any_output() {
     std::fs::write(&token_file, format!("{gh_token}\n")).expect("write");
     let closed = free_port();
     let yaml = format!(
-        "postgres:
+        "ingest:
+  token: {ingest_token}
+postgres:
   - name: real
     dsn: host=127.0.0.1 port=5432 user=postgres dbname=postgres password={dsn_pw}
     interval: 500ms
@@ -124,7 +127,7 @@ ratelimits:
         outputs.push((path.into(), get(lw.port, path).text()));
     }
     let log = lw.stderr();
-    assert!(log.contains("level=debug"), "a debug log: {log}");
+    assert!(log.contains("level=DEBUG"), "a debug log: {log}");
     assert!(log.contains("Bad credentials"), "{log}");
     outputs.push(("log".into(), log));
 
