@@ -111,6 +111,7 @@ fn shared_template(registry: &prometheus::Registry) -> Shared {
         ingest,
         udp: Arc::default(),
         proc_scanner: Arc::new(ProcScanner::new("/proc")),
+        bursts: Arc::default(),
     }
 }
 

@@ -116,6 +116,7 @@ impl Exporter {
             ingest,
             udp: Arc::default(),
             proc_scanner: Arc::default(),
+            bursts: Arc::default(),
         };
         let reload_metrics = ReloadMetrics::register(&registry);
         let driver = Arc::new(Driver::new(collect.clone(), &registry));

@@ -6,8 +6,10 @@
 //! the schedule and records duration, success, last success and errors.
 
 pub(crate) mod driver;
+pub(crate) mod files;
 pub(crate) mod pgbouncer;
 pub(crate) mod postgres;
+pub mod probes;
 pub mod processes;
 pub(crate) mod ratelimits;
 pub(crate) mod runtime;
@@ -137,7 +139,7 @@ pub enum BuildError {
         #[source]
         source: deadpool_postgres::BuildError,
     },
-    #[error("ratelimits target {target}: cannot build the HTTP client")]
+    #[error("ratelimits or probes target {target}: cannot build the HTTP client")]
     HttpClient {
         target: String,
         #[source]
@@ -153,6 +155,8 @@ pub struct Shared {
     /// The UDP receiver, kept across reloads.
     pub udp: Arc<udp_ingest::UdpSlot>,
     pub proc_scanner: Arc<processes::ProcScanner>,
+    /// When each concurrency probe last burst, so a reload never bursts again early.
+    pub bursts: Arc<probes::BurstMemory>,
 }
 
 /// Every collector the configuration asks for: one line per kind, each
@@ -171,5 +175,7 @@ pub fn build_collectors(
     built.extend(postgres::build(&config.postgres)?);
     built.extend(pgbouncer::build(&config.pgbouncer));
     built.extend(ratelimits::build(&config.ratelimits)?);
+    built.extend(files::build(&config.files));
+    built.extend(probes::build(&config.probes, &shared.bursts)?);
     Ok(built)
 }

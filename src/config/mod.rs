@@ -13,13 +13,16 @@
 //!
 //! - `schema`: the serde structs, as written, with their defaults;
 //! - `validate`: the checks and the resolution, section by section in
-//!   `web`, `processes`, `postgres`, `ratelimits` (each beside its resolved types);
+//!   `web`, `processes`, `postgres`, `ratelimits`, `files`, `probes` (each
+//!   beside its resolved types);
 //! - `error`: [`Problem`] and [`ConfigError`]; `locate`: key path → line:column;
 //! - `secret`: `${ENV}` and `*_file` secrets.
 
 mod error;
+mod files;
 mod locate;
 mod postgres;
+mod probes;
 mod processes;
 mod ratelimits;
 mod schema;
@@ -31,7 +34,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use error::{ConfigError, Problem};
+pub use files::{FileSource, FileTarget, JsonField};
 pub use postgres::{PgBouncerTarget, PostgresTarget};
+pub use probes::{Concurrency, MAX_CONCURRENCY, MIN_CONCURRENCY_INTERVAL, ProbeTarget};
 pub use processes::{ProcessGroup, ProcessMatchers};
 pub use ratelimits::RateLimitTarget;
 pub use schema::{HttpMethod, IngestConfig, RateLimitKind, RawConfig, ResetFormat, RuntimeConfig};
@@ -55,18 +60,22 @@ pub struct ResolvedConfig {
     pub postgres: Vec<PostgresTarget>,
     pub pgbouncer: Vec<PgBouncerTarget>,
     pub ratelimits: Vec<RateLimitTarget>,
+    pub files: Vec<FileTarget>,
+    pub probes: Vec<ProbeTarget>,
 }
 
 impl ResolvedConfig {
     /// A one-line summary for `check-config` and the reload log.
     pub fn summary(&self) -> String {
         format!(
-            "runtime watch {}, {} process group(s), {} PostgreSQL, {} PgBouncer and {} rate-limit target(s), UDP ingest {}",
+            "runtime watch {}, {} process group(s), {} PostgreSQL, {} PgBouncer and {} rate-limit target(s), {} file target(s), {} probe(s), UDP ingest {}",
             if self.runtime.enabled { "on" } else { "off" },
             self.processes.len(),
             self.postgres.len(),
             self.pgbouncer.len(),
             self.ratelimits.len(),
+            self.files.len(),
+            self.probes.len(),
             match self.udp_listen_address {
                 None => "off".to_owned(),
                 Some(addr) => addr.to_string(),

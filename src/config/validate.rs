@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::error::{Problem, Problems};
 use super::schema::{IngestConfig, RawConfig, RuntimeConfig};
 use super::web::{WebFlags, parse_listen_address};
-use super::{ResolvedConfig, postgres, processes, ratelimits, web};
+use super::{ResolvedConfig, files, postgres, probes, processes, ratelimits, web};
 
 /// Every problem, or the resolved configuration. `flags` says which `web`
 /// values came from the command line (they are merged in already).
@@ -26,6 +26,8 @@ pub fn validate(config: &RawConfig, flags: &WebFlags) -> Result<ResolvedConfig, 
         postgres: postgres::resolve_postgres(&config.postgres, &mut problems),
         pgbouncer: postgres::resolve_pgbouncer(&config.pgbouncer, &mut problems),
         ratelimits: ratelimits::resolve(&config.ratelimits, &mut problems),
+        files: files::resolve(&config.files, &mut problems),
+        probes: probes::resolve(&config.probes, &mut problems),
     };
     if problems.0.is_empty() {
         Ok(resolved)
