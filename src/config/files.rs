@@ -122,7 +122,7 @@ pub(super) fn resolve(targets: &[FileTargetConfig], problems: &mut Problems) -> 
         } else {
             Some(FileSource::File(PathBuf::from(&t.path)))
         };
-        let json_field = t.json_field.as_ref().and_then(|j| {
+        let json_field = t.json_field.as_ref().map(|j| {
             let key: Vec<String> = j.key.split('.').map(str::to_owned).collect();
             if key.iter().any(String::is_empty) {
                 problems.push(
@@ -142,11 +142,11 @@ pub(super) fn resolve(targets: &[FileTargetConfig], problems: &mut Problems) -> 
                     format!("must be between 1 and {MAX_JSON_BYTES_LIMIT}"),
                 );
             }
-            Some(JsonField {
+            JsonField {
                 key,
                 expected: j.expected.clone(),
                 max_bytes: j.max_bytes,
-            })
+            }
         });
         if let Some(source) = source {
             if problems.0.len() == before {
