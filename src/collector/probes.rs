@@ -40,12 +40,14 @@ pub fn build(targets: &[ProbeTarget], memory: &Arc<BurstMemory>) -> Result<Vec<B
     let mut built = Vec::new();
     for t in targets {
         let prober = Arc::new(Prober::new(t)?);
+        // The single request may wait for a round of bursts to end.
+        let wait = t.concurrency.as_ref().map_or(Duration::ZERO, |c| c.timeout);
         built.push(Built {
             kind: "probes",
             target: t.name.clone(),
             job: Job::Periodic {
                 interval: t.interval,
-                timeout: t.timeout + Duration::from_secs(1),
+                timeout: t.timeout + wait + Duration::from_secs(1),
                 collector: Box::new(Probe {
                     prober: prober.clone(),
                     last_failure: None,
@@ -76,6 +78,9 @@ pub fn build(targets: &[ProbeTarget], memory: &Arc<BurstMemory>) -> Result<Vec<B
 struct Prober {
     target: ProbeTarget,
     client: Client,
+    /// Held by a round of bursts and by the single request, so they never
+    /// overlap: a burst of N measures N concurrent requests, not N + 1.
+    exclusive: tokio::sync::Mutex<()>,
 }
 
 /// How one request ended.
@@ -110,6 +115,7 @@ impl Prober {
         Ok(Self {
             target: t.clone(),
             client,
+            exclusive: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -241,7 +247,10 @@ struct Probe {
 impl Periodic for Probe {
     fn poll(&mut self) -> BoxFuture<'_, Result<Families, CollectError>> {
         Box::pin(async move {
-            let outcome = self.prober.request().await;
+            let outcome = {
+                let _turn = self.prober.exclusive.lock().await;
+                self.prober.request().await
+            };
             let name = self.prober.target.name.as_str();
             if outcome.failure != self.last_failure {
                 match &outcome.failure {
@@ -375,6 +384,7 @@ impl Periodic for Burst {
             if let Some(results) = remembered {
                 return Ok(self.families(&results));
             }
+            let _turn = self.prober.exclusive.lock().await;
             let started = Instant::now();
             let mut results = Vec::new();
             for &n in &self.levels {
