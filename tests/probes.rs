@@ -495,8 +495,10 @@ fn bursts_do_not_repeat_within_their_interval_across_reloads() {
         assert_eq!(sample(&text, &ratio), Some(0.2), "{text}");
     }
     std::thread::sleep(Duration::from_secs(1));
+    // A single request cut off by a reload may still be held by the server
+    // when the new collector's first one arrives: a pair, never a burst.
     assert_eq!(
-        server.concurrent(),
+        server.in_groups_of(3),
         5,
         "one burst of 5, whatever the reloads"
     );
