@@ -503,3 +503,153 @@ fn bursts_do_not_repeat_within_their_interval_across_reloads() {
         "one burst of 5, whatever the reloads"
     );
 }
+
+/// Runs `openssl` with `args` in `dir`, which must succeed.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// A real TLS server (`openssl s_server -www`) with a certificate from a
+/// private CA: verified with `tls.ca_file`, accepted unverified with
+/// `tls.insecure_skip_verify`, and refused (status 0) with neither.
+#[test]
+fn https_probes_verify_with_a_private_ca_or_skip_verification() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=loopwatch test CA",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext");
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let port = free_port();
+    let mut server = std::process::Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-cert",
+            "server.pem",
+            "-key",
+            "server.key",
+            "-www",
+            "-quiet",
+        ])
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s_server did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("https://127.0.0.1:{port}/");
+    let lw = Exporter::start_with_config(
+        &format!(
+            "probes:
+  - name: private-ca
+    url: {url}
+    interval: 1s
+    timeout: 900ms
+    tls: {{ca_file: {ca}}}
+  - name: skip-verify
+    url: {url}
+    interval: 1s
+    timeout: 900ms
+    tls: {{insecure_skip_verify: true}}
+  - name: unknown-ca
+    url: {url}
+    interval: 1s
+    timeout: 900ms
+",
+            ca = d.join("ca.pem").display()
+        ),
+        &[],
+    );
+    let up = |t: &str, p: &str| sample(t, &probe_series("loopwatch_probe_up", p));
+    let text = wait_for_metrics(&lw, Duration::from_secs(20), "every probe", |t| {
+        ["private-ca", "skip-verify", "unknown-ca"]
+            .iter()
+            .all(|p| up(t, p).is_some())
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        up(&text, "private-ca"),
+        Some(1.0),
+        "{text}\n{}",
+        lw.stderr()
+    );
+    assert_eq!(up(&text, "skip-verify"), Some(1.0), "{text}");
+    assert_eq!(up(&text, "unknown-ca"), Some(0.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            &probe_series("loopwatch_probe_status_code", "unknown-ca")
+        ),
+        Some(0.0)
+    );
+    assert!(lw.stderr().contains("Probe failed"), "{}", lw.stderr());
+}
