@@ -29,6 +29,9 @@ use crate::error::Chain;
 use crate::families::{self, ResponseClass};
 use crate::metrics::{Families, FamilyBuilder};
 
+/// How long a concurrency probe's last round is remembered.
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// When each concurrency probe last ran its bursts, and what they found,
 /// kept across reloads: a SIGHUP storm restarts collectors, never bursts.
 #[derive(Default)]
@@ -392,11 +395,11 @@ impl Periodic for Burst {
                 let outcomes = join_all((0..n).map(|_| self.prober.request())).await;
                 results.push(BurstResult::of(n, &outcomes));
             }
-            self.memory
-                .last
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, (started, results.clone()));
+            let mut last = self.memory.last.lock().unwrap_or_else(|e| e.into_inner());
+            // Probes removed by a reload are forgotten after a day.
+            last.retain(|_, (at, _)| at.elapsed() < FORGET_AFTER);
+            last.insert(key, (started, results.clone()));
+            drop(last);
             Ok(self.families(&results))
         })
     }

@@ -55,7 +55,8 @@ pub struct Concurrency {
     /// Requests sent at once, each at most [`MAX_CONCURRENCY`].
     pub levels: Vec<usize>,
     pub interval: Duration,
-    /// How long one round of bursts may take: a request timeout per level, and a second.
+    /// How long one round of bursts may take: a request timeout per level,
+    /// one more for the single request it may wait for, and a second.
     pub timeout: Duration,
 }
 
@@ -246,7 +247,7 @@ fn resolve_target(
                     problems.push(format!("{cpath}.levels[{j}]"), "is given twice");
                 }
             }
-            let timeout = t.timeout * c.levels.len() as u32 + Duration::from_secs(1);
+            let timeout = t.timeout * (c.levels.len() as u32 + 1) + Duration::from_secs(1);
             if c.interval < MIN_CONCURRENCY_INTERVAL {
                 problems.push(
                     format!("{cpath}.interval"),
@@ -259,7 +260,7 @@ fn resolve_target(
                 problems.push(
                     format!("{cpath}.interval"),
                     format!(
-                        "a round of bursts may take {} (timeout per level, plus 1s): longer than the interval",
+                        "a round of bursts may take {} (timeout per level and one more, plus 1s): longer than the interval",
                         humantime::format_duration(timeout)
                     ),
                 );
