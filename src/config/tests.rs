@@ -396,6 +396,18 @@ probes:
     .expect("valid");
     let t = &ok.probes[0];
     assert_eq!(t.expected_status, vec![200..=299]);
+    // `${ENV}` references are expanded (PATH is set in every test environment).
+    let env = parse(
+        "probes:\n  - name: h\n    url: http://127.0.0.1:1/\n    headers: [{name: X-Path, value: 'p ${PATH}'}]\n",
+        "env.yml",
+        &WebFlags::default(),
+    )
+    .expect("valid");
+    let (name, value) = &env.probes[0].headers[0];
+    assert_eq!(name.as_str(), "x-path");
+    let path = std::env::var("PATH").expect("PATH is set");
+    assert_eq!(value.to_str().expect("ascii"), format!("p {path}"));
+    assert!(value.is_sensitive());
     let c = t.concurrency.as_ref().expect("concurrency on");
     assert_eq!(c.levels, vec![5, 10]);
     assert_eq!(c.interval, Duration::from_secs(60));
