@@ -6,7 +6,7 @@
 //! the schedule and records duration, success, last success and errors.
 
 pub(crate) mod driver;
-pub(crate) mod files;
+pub mod files;
 pub(crate) mod pgbouncer;
 pub(crate) mod postgres;
 pub mod probes;
