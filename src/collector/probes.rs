@@ -376,30 +376,35 @@ impl Periodic for Burst {
             // A tenth of slack for the schedule's jitter: bursts stay at
             // least 27 s apart.
             let earliest = self.interval - self.interval / 10;
-            let remembered = self
-                .memory
-                .last
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&key)
-                .filter(|(at, _)| at.elapsed() < earliest)
-                .map(|(_, results)| results.clone());
-            if let Some(results) = remembered {
-                return Ok(self.families(&results));
+            {
+                let mut last = self.memory.last.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((at, results)) = last.get(&key) {
+                    if at.elapsed() < earliest {
+                        return Ok(self.families(results));
+                    }
+                }
+                // The round is booked before it starts: one cut off by a
+                // reload still counts, so its successor does not burst again.
+                last.retain(|_, (at, _)| at.elapsed() < FORGET_AFTER);
+                let previous = last.get(&key).map(|(_, r)| r.clone()).unwrap_or_default();
+                last.insert(key.clone(), (Instant::now(), previous));
             }
             let _turn = self.prober.exclusive.lock().await;
-            let started = Instant::now();
             let mut results = Vec::new();
             for &n in &self.levels {
                 let n = n.min(crate::config::MAX_CONCURRENCY);
                 let outcomes = join_all((0..n).map(|_| self.prober.request())).await;
                 results.push(BurstResult::of(n, &outcomes));
             }
-            let mut last = self.memory.last.lock().unwrap_or_else(|e| e.into_inner());
-            // Probes removed by a reload are forgotten after a day.
-            last.retain(|_, (at, _)| at.elapsed() < FORGET_AFTER);
-            last.insert(key, (started, results.clone()));
-            drop(last);
+            if let Some(entry) = self
+                .memory
+                .last
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&key)
+            {
+                entry.1 = results.clone();
+            }
             Ok(self.families(&results))
         })
     }
