@@ -112,6 +112,7 @@ fn shared_template(registry: &prometheus::Registry) -> Shared {
         udp: Arc::default(),
         proc_scanner: Arc::new(ProcScanner::new("/proc")),
         logs: Arc::default(),
+        bursts: Arc::default(),
     }
 }
 

@@ -375,7 +375,8 @@ def overview():
         [RUNBOOKS_LINK,
          link_to("Event loops", "loopwatch-event-loops", "Apps' event loops: stalls, lag, tasks, pools, rate limits, ingest"),
          link_to("Database", "loopwatch-database", "PostgreSQL connections, PgBouncer and apps' connection pools"),
-         link_to("Rate limits", "loopwatch-ratelimits", "API rate-limit budgets: remaining, reset, burn rate, throttling")])
+         link_to("Rate limits", "loopwatch-ratelimits", "API rate-limit budgets: remaining, reset, burn rate, throttling"),
+         link_to(*SERVICES_LINK)])
 
 
 # ======================================================================= Event loops
@@ -542,7 +543,8 @@ def event_loops():
         [RUNBOOKS_LINK,
          link_to("Overview", "loopwatch-overview", "loopwatch itself, its own runtime and the process groups"),
          link_to("Database", "loopwatch-database", "PostgreSQL connections, PgBouncer and apps' connection pools"),
-         link_to("Rate limits", "loopwatch-ratelimits", "API rate-limit budgets: remaining, reset, burn rate, throttling")])
+         link_to("Rate limits", "loopwatch-ratelimits", "API rate-limit budgets: remaining, reset, burn rate, throttling"),
+         link_to(*SERVICES_LINK)])
 
 
 # ======================================================================= Database
@@ -739,7 +741,8 @@ def database():
         [RUNBOOKS_LINK,
          link_to("Overview", "loopwatch-overview", "loopwatch itself, its own runtime and the process groups"),
          link_to("Event loops", "loopwatch-event-loops", "Apps' event loops: stalls, lag, tasks, pools, rate limits, ingest"),
-         link_to("Rate limits", "loopwatch-ratelimits", "API rate-limit budgets: remaining, reset, burn rate, throttling")])
+         link_to("Rate limits", "loopwatch-ratelimits", "API rate-limit budgets: remaining, reset, burn rate, throttling"),
+         link_to(*SERVICES_LINK)])
 
 
 # ======================================================================= Rate limits
@@ -870,12 +873,129 @@ def ratelimits():
         [RUNBOOKS_LINK,
          link_to("Overview", "loopwatch-overview", "loopwatch itself, its own runtime and the process groups"),
          link_to("Event loops", "loopwatch-event-loops", "Apps' event loops: stalls, lag, tasks, pools, rate limits, ingest"),
-         link_to("Database", "loopwatch-database", "PostgreSQL connections, PgBouncer and apps' connection pools")])
+         link_to("Database", "loopwatch-database", "PostgreSQL connections, PgBouncer and apps' connection pools"),
+         link_to(*SERVICES_LINK)])
+
+
+# ======================================================================= Services
+# Services watched from outside, without a client. The dashboard is a list of
+# row functions (SERVICES_ROWS) and their variables (SERVICES_VARIABLES): a
+# collector adds its row by appending to both.
+
+FILE = SEL + ', file=~"$file"'
+PROBE = SEL + ', probe=~"$probe"'
+SERVICES_LINK = ("Services", "loopwatch-services", "Status files and HTTP probes of services watched from outside")
+
+
+def files_row(b):
+    AGE = f'loopwatch_file_age_seconds{{{FILE}}}'
+    MAX = f'loopwatch_file_max_age_seconds{{{FILE}}}'
+    WHO = "{{file}} {{instance}}"
+    b.row("Status files")
+    b.table("Files now", "One row per watched file (a glob's matches each have their own): whether it exists (loopwatch_file_exists), its age (now minus its modification time, loopwatch_file_age_seconds; empty while missing), its max_age (loopwatch_file_max_age_seconds), the age as a share of it (red from 100%: for 1 minute it fires LoopwatchStatusFileStale), and for JSON status files whether the configured field holds the expected value (loopwatch_file_status_ok).",
+            "s", [target(f'loopwatch_file_exists{{{FILE}}}', "", "A", instant=True, fmt="table"),
+                  target(AGE, "", "B", instant=True, fmt="table"),
+                  target(MAX, "", "C", instant=True, fmt="table"),
+                  target(f'{AGE} / {MAX}', "", "D", instant=True, fmt="table"),
+                  target(f'loopwatch_file_status_ok{{{FILE}}}', "", "E", instant=True, fmt="table")],
+            0, 16, 8,
+            [{"id": "merge", "options": {}},
+             {"id": "organize", "options": {"excludeByName": {"Time": True, "job": True, "__name__": True},
+                                            "indexByName": {"file": 0, "instance": 1, "Value #A": 2, "Value #B": 3, "Value #C": 4, "Value #D": 5, "Value #E": 6},
+                                            "renameByName": {"Value #A": "Exists", "Value #B": "Age", "Value #C": "Max age",
+                                                             "Value #D": "Age of max", "Value #E": "Status"}}},
+             {"id": "sortBy", "options": {"fields": {}, "sort": [{"field": "Age of max", "desc": True}]}}],
+            overrides=[
+                {"matcher": {"id": "byName", "options": "Exists"},
+                 "properties": [{"id": "unit", "value": "none"}, {"id": "mappings", "value": okmap("YES", "MISSING")},
+                                {"id": "custom.cellOptions", "value": {"type": "color-background"}}]},
+                {"matcher": {"id": "byName", "options": "Age of max"},
+                 "properties": [{"id": "unit", "value": "percentunit"}, {"id": "min", "value": 0}, {"id": "max", "value": 1},
+                                {"id": "thresholds", "value": thresholds([("green", None), ("orange", 0.75), ("red", 1)])},
+                                {"id": "custom.cellOptions", "value": {"type": "gauge", "mode": "basic"}}]},
+                {"matcher": {"id": "byName", "options": "Status"},
+                 "properties": [{"id": "unit", "value": "none"}, {"id": "mappings", "value": okmap("OK", "NOT OK")},
+                                {"id": "custom.cellOptions", "value": {"type": "color-background"}}]},
+            ])
+    b.stat("Missing files", "Watched files that do not exist now (loopwatch_file_exists == 0), per instance: a declared file that is missing, or a glob that matches nothing, is 0, never absent. Any for 2 minutes fires LoopwatchStatusFileMissing.",
+           "short", [target(f'count by (instance) (loopwatch_file_exists{{{FILE}}} == 0) or count by (instance) (loopwatch_file_exists{{{FILE}}}) * 0', "{{instance}}", instant=True)], 16, 8, h=4,
+           steps=[("green", None), ("red", 1)], text_mode="value_and_name")
+    b.stat("Glob matches", "Files each glob target matches now (loopwatch_file_glob_matches), including those beyond its max_files that have no series of their own. 0: no file matches (the target shows as missing).",
+           "short", [target(f'loopwatch_file_glob_matches{{{FILE}}}', WHO, instant=True)], 16, 8, h=4,
+           steps=[("orange", None), ("green", 1)], text_mode="value_and_name")
+    b.down(8)
+    b.timeseries("Age of max age", "Each file's age as a share of its max_age (loopwatch_file_age_seconds / loopwatch_file_max_age_seconds). A file rewritten regularly draws a sawtooth; one whose writer hangs or deadlocked climbs in a straight line, and above the 100% line for 1 minute fires LoopwatchStatusFileStale. Gaps: the file was missing.",
+                 "percentunit", [target(f'{AGE} / {MAX}', WHO)], 0, 12, minv=0,
+                 steps=[("green", None), ("red", 1)])
+    b.timeseries("Age and max age", "Time since each file was last modified (loopwatch_file_age_seconds, solid) and the age it may reach (loopwatch_file_max_age_seconds, dashed).",
+                 "s", [target(AGE, "age " + WHO, "A"), target(MAX, "max " + WHO, "B")], 12, 12, minv=0,
+                 overrides=[dashed("^max ")])
+    b.down(8)
+    b.timeseries("JSON status", "Whether each JSON status file's configured field holds the expected value (loopwatch_file_status_ok: 1 ok, 0 not: another value, no such field, not JSON or larger than json_field.max_bytes, or missing). 0 for 2 minutes while the file exists fires LoopwatchStatusFileNotOk.",
+                 "none", [target(f'loopwatch_file_status_ok{{{FILE}}}', WHO)], 0, 12, minv=0, maxv=1,
+                 steps=[("red", None), ("green", 1)])
+    b.timeseries("Files present", "Whether each file exists (loopwatch_file_exists: 1 yes, 0 missing or not visible to loopwatch) over time: a dip is a file being replaced or deleted.",
+                 "none", [target(f'loopwatch_file_exists{{{FILE}}}', WHO)], 12, 12, minv=0, maxv=1,
+                 steps=[("red", None), ("green", 1)])
+    b.down(8)
+
+
+def probes_row(b):
+    WHO = "{{probe}} {{instance}}"
+    LVL = "{{probe}} ×{{concurrency}} {{instance}}"
+    b.row("HTTP probes")
+    b.stat("Probes", "Whether each probe's last request succeeded (loopwatch_probe_up): an expected status (200-299 by default) and a body matching body_match, within its timeout. DOWN for 2 minutes fires LoopwatchProbeDown; the status code panel tells why.",
+           "none", [target(f'loopwatch_probe_up{{{PROBE}}}', WHO, instant=True)], 0, 6, h=8,
+           steps=[("red", None), ("green", 1)], mappings=okmap("UP", "DOWN"), text_mode="value_and_name")
+    b.timeseries("Probe duration", "How long each probe's request took, redirects included (loopwatch_probe_duration_seconds); a request without an answer counts up to its timeout. Over 2s (the line) for 5 minutes while the probe is up fires LoopwatchProbeSlow.",
+                 "s", [target(f'loopwatch_probe_duration_seconds{{{PROBE}}}', WHO)], 6, 12, minv=0,
+                 steps=[("green", None), ("red", 2)])
+    b.stat("Status codes", "The HTTP status of each probe's last answer, after redirects (loopwatch_probe_status_code). 0: no answer (refused, timed out, TLS or DNS error).",
+           "none", [target(f'loopwatch_probe_status_code{{{PROBE}}}', WHO, instant=True)], 18, 6, h=8,
+           steps=[("red", None), ("green", 200), ("orange", 300), ("red", 400)], text_mode="value_and_name")
+    b.down(8)
+    b.timeseries("Concurrency success", "Share of each burst's simultaneous requests that succeeded, per probe and concurrency level (loopwatch_probe_concurrency_success_ratio; one round of bursts per concurrency.interval, 60s by default). The lines are the thresholds of LoopwatchProbeConcurrencyFailing: under 85% at 5 or under 70% at 10 for 3 minutes fires it. A probe fine alone and failing here breaks under a little real traffic.",
+                 "percentunit", [target(f'loopwatch_probe_concurrency_success_ratio{{{PROBE}}}', LVL)], 0, 8, minv=0, maxv=1,
+                 steps=[("red", None), ("orange", 0.7), ("green", 0.85)])
+    b.timeseries("Burst answers by class", "Requests of each probe's last burst by how they ended (loopwatch_probe_concurrency_responses): 2xx, 3xx, 4xx, 5xx, or error (no answer: refused, timed out). 5xx under concurrency: a pool or worker that runs out; error: a backlog or connection limit. Only classes with requests are drawn.",
+                 "short", [target(f'loopwatch_probe_concurrency_responses{{{PROBE}}} > 0', "{{class}} {{probe}} ×{{concurrency}} {{instance}}")], 8, 8, minv=0, stack=True,
+                 overrides=[{"matcher": {"id": "byRegexp", "options": "^5xx "}, "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]},
+                            {"matcher": {"id": "byRegexp", "options": "^error "}, "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "purple"}}]},
+                            {"matcher": {"id": "byRegexp", "options": "^2xx "}, "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "green"}}]}])
+    b.timeseries("Burst p95 latency", "The 95th percentile of each burst's request durations (loopwatch_probe_concurrency_p95_seconds, nearest rank), per probe and level, against the single request's duration above: fast alone and slow at N means requests wait for each other (one worker, a lock, a blocked event loop). Over 3s (the line) for 3 minutes fires LoopwatchProbeConcurrencySlow.",
+                 "s", [target(f'loopwatch_probe_concurrency_p95_seconds{{{PROBE}}}', LVL)], 16, 8, minv=0,
+                 steps=[("green", None), ("red", 3)])
+    b.down(8)
+
+
+SERVICES_ROWS = [files_row, probes_row]
+SERVICES_VARIABLES = [
+    qvar("file", "File", 'label_values(loopwatch_file_max_age_seconds{job=~"$job", instance=~"$instance"}, file)', True, True,
+         "Status files watched by the files collector (a glob's matches as <name>/<path>)."),
+    qvar("probe", "Probe", 'label_values(loopwatch_probe_up{job=~"$job", instance=~"$instance"}, probe)', True, True,
+         "HTTP probes of the probes collector."),
+]
+
+
+def services():
+    b = Board()
+    for row in SERVICES_ROWS:
+        row(b)
+    return dashboard(
+        "loopwatch / Services", "loopwatch-services",
+        "Services watched from outside, without the client: status and heartbeat files (age against each file's max age, missing files, JSON status), HTTP probes (up, latency, status, and concurrency bursts: success ratio, answers by class, p95 latency) and their logs (asyncio errors, exceptions by type, slow callbacks, log storms, your rules).",
+        b.panels,
+        [DATASOURCE_VAR, JOB_VAR, INSTANCE_VAR] + SERVICES_VARIABLES,
+        [RUNBOOKS_LINK,
+         link_to("Overview", "loopwatch-overview", "loopwatch itself, its own runtime and the process groups"),
+         link_to("Event loops", "loopwatch-event-loops", "Apps' event loops: stalls, lag, tasks, pools, rate limits, ingest"),
+         link_to("Database", "loopwatch-database", "PostgreSQL connections, PgBouncer and apps' connection pools"),
+         link_to("Rate limits", "loopwatch-ratelimits", "API rate-limit budgets: remaining, reset, burn rate, throttling")])
 
 
 # ======================================================================= Services: logs
-# The `logs` collector's row of the services dashboard (issue 13). The probes
-# and files rows live beside it in services(); each row is its own function.
+# The `logs` collector's row of the services dashboard (issue 13), appended
+# to SERVICES_ROWS after the files and probes rows.
 
 LOG_VAR = qvar("log", "Log", 'label_values(loopwatch_log_lines_total{job=~"$job", instance=~"$instance"}, log)', True, True,
                "Logs that the selected loopwatch instances tail (the `name` of each `logs` entry).")
@@ -916,17 +1036,8 @@ def logs_row(b):
     b.down(8)
 
 
-def services():
-    b = Board()
-    logs_row(b)
-    return dashboard(
-        "loopwatch / Services", "loopwatch-services",
-        "Services watched from the outside, without the loopwatch client: their logs (asyncio errors, exceptions by type, slow callbacks, log storms, your rules).",
-        b.panels,
-        [DATASOURCE_VAR, JOB_VAR, INSTANCE_VAR, LOG_VAR],
-        [RUNBOOKS_LINK,
-         link_to("Overview", "loopwatch-overview", "loopwatch itself, its own runtime and the process groups"),
-         link_to("Event loops", "loopwatch-event-loops", "Apps' event loops: stalls, lag, tasks, pools, rate limits, ingest")])
+SERVICES_ROWS.append(logs_row)
+SERVICES_VARIABLES.append(LOG_VAR)
 
 
 DASHBOARDS = {

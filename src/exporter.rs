@@ -123,6 +123,7 @@ impl Exporter {
             udp: Arc::default(),
             proc_scanner: Arc::default(),
             logs: Arc::default(),
+            bursts: Arc::default(),
         };
         let reload_metrics = ReloadMetrics::register(&registry);
         let driver = Arc::new(Driver::new(collect.clone(), &registry));

@@ -331,6 +331,31 @@ families! {
         "Lines not valid in the log's format (Docker JSON, CRI), skipped, sampled every interval.";
     LOG_READ_ERRORS = Counter "loopwatch_log_read_errors_total" ["log", "reason"]
         "Files of the log that could not be opened or read, by reason, sampled every interval.";
+    // Status and heartbeat files.
+    FILE_EXISTS = Gauge "loopwatch_file_exists" ["file"]
+        "Whether the file exists (1) or not (0); a declared file that is missing, or a glob that matches nothing, is 0, never absent. Sampled every interval.";
+    FILE_AGE = Gauge "loopwatch_file_age_seconds" ["file"]
+        "Time since the file was last modified (absent while it does not exist), sampled every interval.";
+    FILE_MAX_AGE = Gauge "loopwatch_file_max_age_seconds" ["file"]
+        "The age the file may reach (the target's max_age), so one alert rule compares every file with its own limit.";
+    FILE_STATUS_OK = Gauge "loopwatch_file_status_ok" ["file"]
+        "Whether the JSON status file's configured field holds the expected value (1) or not (0: another value, no such field, not JSON, larger than max_bytes or unreadable); only for targets with json_field. Sampled every interval.";
+    FILE_GLOB_MATCHES = Gauge "loopwatch_file_glob_matches" ["file"]
+        "Files the glob matches, including those beyond max_files that have no series of their own; file is the target's name. Sampled every interval.";
+
+    // HTTP probes.
+    PROBE_UP = Gauge "loopwatch_probe_up" ["probe"]
+        "Whether the probe's last request got an expected status (and a body matching body_match) within its timeout (1) or not (0).";
+    PROBE_DURATION = Gauge "loopwatch_probe_duration_seconds" ["probe"]
+        "How long the probe's last request took, redirects included, until the answer was read or the request failed.";
+    PROBE_STATUS_CODE = Gauge "loopwatch_probe_status_code" ["probe"]
+        "The HTTP status of the probe's last answer (after redirects); 0 when no answer came (connection refused, timeout, TLS error).";
+    PROBE_CONCURRENCY_SUCCESS_RATIO = Gauge "loopwatch_probe_concurrency_success_ratio" ["probe", "concurrency"]
+        "Share of the requests of the last burst of `concurrency` simultaneous requests that succeeded as the probe defines it.";
+    PROBE_CONCURRENCY_RESPONSES = Gauge "loopwatch_probe_concurrency_responses" ["probe", "concurrency", "class"]
+        "Requests of the last burst of `concurrency` simultaneous requests by outcome class: 2xx, 3xx, 4xx, 5xx or error (no answer).";
+    PROBE_CONCURRENCY_P95 = Gauge "loopwatch_probe_concurrency_p95_seconds" ["probe", "concurrency"]
+        "The 95th percentile (nearest rank) of the request durations of the last burst of `concurrency` simultaneous requests.";
 
     // The exporter's own process (the standard names every exporter uses).
     SELF_CPU = Counter "process_cpu_seconds_total" [] "Total user and system CPU time spent in seconds.";
@@ -440,6 +465,49 @@ impl ThrottleKind {
         match self {
             ThrottleKind::Primary => "primary",
             ThrottleKind::Secondary => "secondary",
+        }
+    }
+}
+
+/// `loopwatch_probe_concurrency_responses{class}`: how a request of a burst ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ResponseClass {
+    Success,
+    Redirection,
+    ClientError,
+    ServerError,
+    /// No answer: refused, timed out, reset, a TLS failure.
+    Error,
+}
+
+impl ResponseClass {
+    /// Every class: each burst exports all of them, 0 when none ended so.
+    pub const ALL: [ResponseClass; 5] = [
+        ResponseClass::Success,
+        ResponseClass::Redirection,
+        ResponseClass::ClientError,
+        ResponseClass::ServerError,
+        ResponseClass::Error,
+    ];
+
+    /// The class of a final HTTP status (anything outside 200-599 is `error`).
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            200..=299 => ResponseClass::Success,
+            300..=399 => ResponseClass::Redirection,
+            400..=499 => ResponseClass::ClientError,
+            500..=599 => ResponseClass::ServerError,
+            _ => ResponseClass::Error,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseClass::Success => "2xx",
+            ResponseClass::Redirection => "3xx",
+            ResponseClass::ClientError => "4xx",
+            ResponseClass::ServerError => "5xx",
+            ResponseClass::Error => "error",
         }
     }
 }

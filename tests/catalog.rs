@@ -59,6 +59,7 @@ fn exported() -> (String, BTreeSet<String>) {
             r#"{"resources":{"core":{"limit":5000,"used":1,"remaining":4999,"reset":1795440000}}}"#,
         ),
     );
+    api.set("/health", Reply::new(200, &[], "ok"));
     let dir = tempfile::tempdir().expect("tempdir");
     // A log with a traceback and a line after it, so every logs family has a series.
     let log = dir.path().join("svc.log");
@@ -67,6 +68,8 @@ fn exported() -> (String, BTreeSet<String>) {
         "Traceback (most recent call last):\n  File \"app.py\", line 1, in f\nValueError: bad\nrate limited by github\n",
     )
     .expect("log");
+    std::fs::create_dir_all(dir.path().join("status")).expect("dir");
+    std::fs::write(dir.path().join("status/a.json"), r#"{"state":"ok"}"#).expect("status");
     let config = dir.path().join("loopwatch.yml");
     std::fs::write(
         &config,
@@ -106,11 +109,26 @@ ratelimits:
     interval: 200ms
     timeout: 200ms
     tokens: [{{name: ci, token: catalog-token}}]
+files:
+  - name: status
+    path: {}/status/*.json
+    max_age: 1m
+    interval: 200ms
+    timeout: 200ms
+    json_field: {{key: state, expected: ok}}
+probes:
+  - name: health
+    url: {}/health
+    interval: 200ms
+    timeout: 200ms
+    concurrency: {{levels: [2]}}
 ",
             with_free_udp("").0,
             log.display(),
             cluster.dsn("postgres", ""),
             bouncer.admin_dsn(),
+            api.base_url(),
+            dir.path().display(),
             api.base_url()
         ),
     )

@@ -21,7 +21,14 @@ const SECRETS: [&str; 6] = [
 
 #[test]
 fn r15_no_secret_in_any_output() {
-    let [ingest_token, dsn_pw, file_pw, inline_pw, api_token, gh_token] = SECRETS;
+    let [
+        ingest_token,
+        dsn_pw,
+        file_pw,
+        inline_pw,
+        api_token,
+        gh_token,
+    ] = SECRETS;
     let first = FakeApi::start();
     let second = FakeApi::start();
     // The http API redirects to another host, which refuses: its words are logged.

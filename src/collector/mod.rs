@@ -6,10 +6,12 @@
 //! the schedule and records duration, success, last success and errors.
 
 pub(crate) mod driver;
+pub mod files;
 pub mod logs;
 pub(crate) mod pgbouncer;
 pub(crate) mod pgwire;
 pub(crate) mod postgres;
+pub mod probes;
 pub mod processes;
 pub(crate) mod ratelimits;
 pub(crate) mod runtime;
@@ -151,7 +153,7 @@ pub enum BuildError {
         #[source]
         source: tokio_rustls::rustls::Error,
     },
-    #[error("ratelimits target {target}: cannot build the HTTP client")]
+    #[error("ratelimits or probes target {target}: cannot build the HTTP client")]
     HttpClient {
         target: String,
         #[source]
@@ -169,6 +171,8 @@ pub struct Shared {
     pub proc_scanner: Arc<processes::ProcScanner>,
     /// The logs' positions and counters, kept across reloads.
     pub logs: Arc<logs::LogStates>,
+    /// When each concurrency probe last burst, so a reload never bursts again early.
+    pub bursts: Arc<probes::BurstMemory>,
 }
 
 /// Every collector the configuration asks for: one line per kind, each
@@ -188,5 +192,7 @@ pub fn build_collectors(
     built.extend(pgbouncer::build(&config.pgbouncer)?);
     built.extend(ratelimits::build(&config.ratelimits)?);
     built.extend(logs::build(&config.logs, shared));
+    built.extend(files::build(&config.files));
+    built.extend(probes::build(&config.probes, &shared.bursts)?);
     Ok(built)
 }

@@ -15,7 +15,8 @@
 //!
 //! - `schema`: the serde structs, as written, with their defaults;
 //! - `validate`: the checks and the resolution, section by section in
-//!   `web`, `processes`, `postgres`, `ratelimits`, `logs` (each beside its resolved types);
+//!   `web`, `processes`, `postgres`, `ratelimits`, `logs`, `files`, `probes`
+//!   (each beside its resolved types);
 //! - `error`: [`Problem`] and [`ConfigError`]; `locate`: key path → line:column;
 //! - `secret`: `${ENV}` and `*_file` secrets, and every file read bounded;
 //! - `pgtls`: the TLS keys of a PostgreSQL DSN and the wire limits (#15);
@@ -23,11 +24,13 @@
 //!   and decoded with every problem found in one run.
 
 mod error;
+mod files;
 mod load;
 mod locate;
 mod logs;
 mod pgtls;
 mod postgres;
+mod probes;
 mod processes;
 mod ratelimits;
 mod schema;
@@ -41,10 +44,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use error::{ConfigError, EXCERPT_CHARS, Problem, excerpt};
+pub use files::{FileSource, FileTarget, JsonField};
 pub use load::MAX_CONFIG_FILE;
 pub use logs::{LogRule, LogTarget};
 pub use pgtls::{ClientIdentity, PgWire, SslMode};
 pub use postgres::{PgBouncerTarget, PostgresTarget};
+pub use probes::{Concurrency, MAX_CONCURRENCY, MIN_CONCURRENCY_INTERVAL, ProbeTarget};
 pub use processes::{ProcessGroup, ProcessMatchers};
 pub use ratelimits::RateLimitTarget;
 pub use schema::{
@@ -76,19 +81,23 @@ pub struct ResolvedConfig {
     pub logs: Vec<LogTarget>,
     /// Who may `POST /api/v1/events`: the ingest token and listener.
     pub ingest_door: IngestDoor,
+    pub files: Vec<FileTarget>,
+    pub probes: Vec<ProbeTarget>,
 }
 
 impl ResolvedConfig {
     /// A one-line summary for `check-config` and the reload log.
     pub fn summary(&self) -> String {
         format!(
-            "runtime watch {}, {} process group(s), {} PostgreSQL, {} PgBouncer and {} rate-limit target(s), {} log(s), UDP ingest {}",
+            "runtime watch {}, {} process group(s), {} PostgreSQL, {} PgBouncer and {} rate-limit target(s), {} log(s), {} file target(s), {} probe(s), UDP ingest {}",
             if self.runtime.enabled { "on" } else { "off" },
             self.processes.len(),
             self.postgres.len(),
             self.pgbouncer.len(),
             self.ratelimits.len(),
             self.logs.len(),
+            self.files.len(),
+            self.probes.len(),
             match self.udp_listen_address {
                 None => "off".to_owned(),
                 Some(addr) => addr.to_string(),

@@ -29,6 +29,10 @@ pub struct RawConfig {
     pub pgbouncer: Vec<PgBouncerTargetConfig>,
     /// API rate limits to poll.
     pub ratelimits: Vec<RateLimitTargetConfig>,
+    /// Status and heartbeat files (or globs) whose age is watched.
+    pub files: Vec<FileTargetConfig>,
+    /// HTTP(S) endpoints probed, optionally with concurrent bursts.
+    pub probes: Vec<ProbeTargetConfig>,
     /// Log files to tail and match.
     pub logs: Vec<LogTargetConfig>,
 }
@@ -591,4 +595,175 @@ fn default_log_interval() -> Duration {
 
 fn default_max_label_values() -> usize {
     20
+}
+
+/// A status or heartbeat file, or a glob of them, whose age is watched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTargetConfig {
+    /// The `file` label value (a glob's matches are `<name>/<path below the
+    /// glob's fixed directory>`); no `/` in it.
+    pub name: String,
+    /// A file, or a glob (`*`, `?`, `[…]`) matching files.
+    pub path: String,
+    /// The age the file may reach; exported as `loopwatch_file_max_age_seconds`.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How often the file is checked.
+    #[serde(default = "default_file_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one check may take.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// A glob's matches exported at most (the first by path); every match
+    /// counts in `loopwatch_file_glob_matches`.
+    #[serde(default = "default_max_glob_files")]
+    pub max_files: usize,
+    /// A field of a JSON status file that must hold a value.
+    #[serde(default)]
+    pub json_field: Option<JsonFieldConfig>,
+}
+
+/// A field of a JSON status file and the value it must hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonFieldConfig {
+    /// The field's key; dots go down into objects (`worker.state`).
+    pub key: String,
+    /// The value that means healthy (a string, number or boolean).
+    pub expected: serde_json::Value,
+    /// The file is read this far at most; a larger file is not ok.
+    #[serde(default = "default_max_json_bytes")]
+    pub max_bytes: usize,
+}
+
+/// An HTTP(S) endpoint probed every `interval`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeTargetConfig {
+    /// The `probe` label value.
+    pub name: String,
+    /// The URL requested; no credentials in it (give them as headers).
+    pub url: String,
+    /// The request method.
+    #[serde(default = "default_probe_method")]
+    pub method: String,
+    /// Request headers; every value is treated as a secret.
+    #[serde(default)]
+    pub headers: Vec<ProbeHeaderConfig>,
+    /// Statuses that mean up: numbers, ranges `"200-299"` or classes `"2xx"`.
+    #[serde(default = "default_expected_status")]
+    pub expected_status: Vec<StatusSpec>,
+    /// How often the endpoint is probed.
+    #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one request (with its redirects) may take.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// A regular expression the body must match for the probe to be up.
+    #[serde(default)]
+    pub body_match: Option<String>,
+    /// The body is read this far at most for `body_match`.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Redirects followed at most; 0 follows none.
+    #[serde(default = "default_max_redirects")]
+    pub max_redirects: usize,
+    /// TLS settings for `https` URLs.
+    #[serde(default)]
+    pub tls: ProbeTlsConfig,
+    /// A concurrency probe: simultaneous requests now and then.
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencyConfig>,
+}
+
+/// One request header of a probe. Its value is a secret: it never appears
+/// in metrics, logs or the landing page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeHeaderConfig {
+    /// The header name.
+    pub name: String,
+    /// The value; `${ENV}` references are expanded.
+    #[serde(default)]
+    pub value: Option<Secret>,
+    /// A file holding the value.
+    #[serde(default)]
+    pub value_file: Option<PathBuf>,
+}
+
+/// An expected status: a number, `"200-299"` or `"2xx"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StatusSpec {
+    /// One status.
+    Code(u16),
+    /// A range or a class.
+    Text(String),
+}
+
+/// TLS settings of a probe.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeTlsConfig {
+    /// PEM file of extra CA certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate (a self-signed endpoint): the probe then
+    /// checks availability, not identity.
+    pub insecure_skip_verify: bool,
+}
+
+/// A concurrency probe: bursts of simultaneous requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyConfig {
+    /// Run the bursts.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Requests sent at once, one burst per level (at most 50 each).
+    #[serde(default = "default_concurrency_levels")]
+    pub levels: Vec<usize>,
+    /// One round of bursts per interval at most (at least 30s).
+    #[serde(default = "default_concurrency_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+fn default_file_interval() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_max_glob_files() -> usize {
+    100
+}
+
+fn default_max_json_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_probe_method() -> String {
+    "GET".to_owned()
+}
+
+fn default_expected_status() -> Vec<StatusSpec> {
+    vec![StatusSpec::Text("200-299".to_owned())]
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_max_body_bytes() -> usize {
+    1 << 20
+}
+
+fn default_max_redirects() -> usize {
+    5
+}
+
+fn default_concurrency_levels() -> Vec<usize> {
+    vec![5, 10]
+}
+
+fn default_concurrency_interval() -> Duration {
+    Duration::from_secs(60)
 }

@@ -351,3 +351,113 @@ fn r15_tls_keys_of_the_dsn_are_checked_where_they_are() {
         "loopwatch negotiates TLS itself"
     );
 }
+
+#[test]
+fn file_targets_are_checked_key_by_key() {
+    let text = "\
+files:
+  - name: worker
+    path: /run/worker/status.json
+    max_age: 2m
+    json_field: {key: state, expected: ok}
+  - name: a/b
+    path: '/run/[x'
+    max_age: 0s
+    max_files: 0
+  - name: worker
+    path: /run/hb
+    max_age: 1m
+    json_field: {key: 'a..b', expected: [1]}
+";
+    let p = problems(text);
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "files[1].name",
+            "files[1].max_age",
+            "files[1].max_files",
+            "files[1].path",
+            "files[2].name",
+            "files[2].json_field.key",
+            "files[2].json_field.expected",
+        ],
+        "{p:?}"
+    );
+    let ok = parse(
+        "files:\n  - name: hb\n    path: /run/app/*/heartbeat\n    max_age: 120s\n",
+        "ok.yml",
+        &WebFlags::default(),
+    )
+    .expect("valid");
+    assert_eq!(ok.files[0].max_age, Duration::from_secs(120));
+    assert_eq!(ok.files[0].interval, Duration::from_secs(15));
+    assert!(matches!(ok.files[0].source, FileSource::Glob { .. }));
+    assert!(ok.summary().contains("1 file target"), "{}", ok.summary());
+}
+
+#[test]
+fn probe_targets_are_checked_and_header_values_never_echoed() {
+    let text = "\
+probes:
+  - name: health
+    url: http://127.0.0.1:8080/health
+    headers:
+      - {name: X-Api-Key, value: probe-inline-SECRET}
+    concurrency: {}
+  - name: bad
+    url: 'https://user:probe-url-SECRET@example.com/'
+    method: 'G T'
+    headers:
+      - {name: 'bad header', value: x}
+      - {name: X-Token, value: '${LOOPWATCH_SURELY_UNSET_VAR}'}
+    expected_status: ['2xx', '700']
+    body_match: '('
+    concurrency: {levels: [5, 500], interval: 10s}
+";
+    let p = problems(text);
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "probes[1].url",
+            "probes[1].method",
+            "probes[1].headers[0].name",
+            "probes[1].headers[1].value",
+            "probes[1].expected_status[1]",
+            "probes[1].body_match",
+            "probes[1].concurrency.levels[1]",
+            "probes[1].concurrency.interval",
+        ],
+        "{p:?}"
+    );
+    let shown = format!("{p:?}");
+    assert!(
+        !shown.contains("probe-inline-SECRET") && !shown.contains("probe-url-SECRET"),
+        "{shown}"
+    );
+    let ok = parse(
+        "probes:\n  - name: health\n    url: http://127.0.0.1:8080/health\n    headers: [{name: X-Api-Key, value: probe-inline-SECRET}]\n    concurrency: {}\n",
+        "ok.yml",
+        &WebFlags::default(),
+    )
+    .expect("valid");
+    let t = &ok.probes[0];
+    assert_eq!(t.expected_status, vec![200..=299]);
+    // `${ENV}` references are expanded (PATH is set in every test environment).
+    let env = parse(
+        "probes:\n  - name: h\n    url: http://127.0.0.1:1/\n    headers: [{name: X-Path, value: 'p ${PATH}'}]\n",
+        "env.yml",
+        &WebFlags::default(),
+    )
+    .expect("valid");
+    let (name, value) = &env.probes[0].headers[0];
+    assert_eq!(name.as_str(), "x-path");
+    let path = std::env::var("PATH").expect("PATH is set");
+    assert_eq!(value.to_str().expect("ascii"), format!("p {path}"));
+    assert!(value.is_sensitive());
+    let c = t.concurrency.as_ref().expect("concurrency on");
+    assert_eq!(c.levels, vec![5, 10]);
+    assert_eq!(c.interval, Duration::from_secs(60));
+    assert!(!format!("{ok:?}").contains("probe-inline-SECRET"));
+}

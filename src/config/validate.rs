@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::error::{Problem, Problems};
 use super::schema::{IngestConfig, RawConfig, RuntimeConfig};
 use super::web::{WebFlags, parse_listen_address};
-use super::{ResolvedConfig, logs, postgres, processes, ratelimits, web};
+use super::{ResolvedConfig, files, logs, postgres, probes, processes, ratelimits, web};
 
 /// Every problem, or the resolved configuration. `flags` says which `web`
 /// values came from the command line (they are merged in already).
@@ -28,6 +28,8 @@ pub fn validate(config: &RawConfig, flags: &WebFlags) -> Result<ResolvedConfig, 
         ratelimits: ratelimits::resolve(&config.ratelimits, &mut problems),
         logs: logs::resolve(&config.logs, &mut problems),
         ingest_door: web::resolve_ingest_door(&config.ingest, &mut problems),
+        files: files::resolve(&config.files, &mut problems),
+        probes: probes::resolve(&config.probes, &mut problems),
     };
     if problems.0.is_empty() {
         Ok(resolved)
