@@ -41,8 +41,26 @@ fn default_config_serves_valid_metrics_about_itself() {
     assert!(sample(&text, "process_resident_memory_bytes").expect("rss") > 1e6);
     assert!(sample(&text, "process_open_fds").expect("fds") >= 3.0);
     assert!(!text.contains("exported_"), "{text}");
-
     assert_promtool_clean(&text);
+
+    // r11: the default config receives apps' reports on 127.0.0.1:10071.
+    assert_eq!(
+        sample(
+            &text,
+            r#"loopwatch_collector_success{collector="ingest",target="udp"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let hb = br#"{"v":1,"type":"heartbeat","app":"default-cfg","loop":"main","pid":1,"interval_s":0.25,"stall_threshold_s":0.5,"lag_s":0,"tasks_pending":0,"tasks_created":1,"slow_callbacks":0,"failures":[],"cancellations":[]}"#;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    sock.send_to(hb, "127.0.0.1:10071").expect("send");
+    wait_for_metrics(&lw, Duration::from_secs(5), "the heartbeat", |t| {
+        sample(
+            t,
+            r#"loopwatch_loop_up{app_name="default-cfg",loop="main"}"#,
+        ) == Some(1.0)
+    });
 }
 
 #[test]
