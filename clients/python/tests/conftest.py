@@ -27,7 +27,7 @@ Predicate = Callable[[Message], bool]
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("LOOPWATCH_DISABLED", "LOOPWATCH_TARGET", "LOOPWATCH_APP", "LOOPWATCH_WORKER"):
+    for name in ("LOOPWATCH_DISABLED", "LOOPWATCH_TARGET", "LOOPWATCH_APP", "LOOPWATCH_WORKER", "LOOPWATCH_TOKEN"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -169,7 +169,11 @@ class HttpReceiver(_Collector):
                 collector.gate.wait(10)
                 with collector._cond:
                     collector.requests.append(
-                        {"path": self.path, "content_type": self.headers.get("Content-Type", "")}
+                        {
+                            "path": self.path,
+                            "content_type": self.headers.get("Content-Type", ""),
+                            "authorization": self.headers.get("Authorization", ""),
+                        }
                     )
                 lines = [ln for ln in body.split(b"\n") if ln]
                 for ln in lines:

@@ -242,6 +242,30 @@ def test_http_target_sends_ndjson(loop: asyncio.AbstractEventLoop, http_rx: Http
     assert http_rx.of_type("pool")[0]["waiting"] == 4
 
 
+def test_http_target_sends_the_ingest_token_from_the_environment(
+    loop: asyncio.AbstractEventLoop, http_rx: HttpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOOPWATCH_TOKEN", "s3cret-ingest-token-123")
+
+    async def body() -> None:
+        r = loopwatch.start("api", target=http_rx.target, interval=0.02)
+        await http_rx.wait(lambda m: m["type"] == "heartbeat")
+        await r.astop()
+
+    loop.run_until_complete(body())
+    assert {req["authorization"] for req in http_rx.requests} == {"Bearer s3cret-ingest-token-123"}
+
+
+def test_http_target_sends_no_token_unless_one_is_set(loop: asyncio.AbstractEventLoop, http_rx: HttpReceiver) -> None:
+    async def body() -> None:
+        r = loopwatch.start("api", target=http_rx.target, interval=0.02)
+        await http_rx.wait(lambda m: m["type"] == "heartbeat")
+        await r.astop()
+
+    loop.run_until_complete(body())
+    assert {req["authorization"] for req in http_rx.requests} == {""}
+
+
 def test_http_stall_and_stop_without_waiting(loop: asyncio.AbstractEventLoop, http_rx: HttpReceiver) -> None:
     async def body() -> None:
         r = loopwatch.start("api", target=http_rx.target, interval=0.05, stall_threshold=0.2)

@@ -10,6 +10,7 @@ import collections
 import http.client
 import ipaddress
 import logging
+import os
 import socket
 import threading
 import time
@@ -209,10 +210,16 @@ class HttpTransport(Transport):
         https: bool = False,
         timeout: float = HTTP_TIMEOUT,
         queue_max: int = HTTP_QUEUE_MAX,
+        token: Optional[str] = None,
     ) -> None:
         self.host = host
         self.port = port
         self.path = path
+        self._headers = {"Content-Type": "application/x-ndjson", "User-Agent": "loopwatch-python"}
+        if token:
+            # loopwatch's ingest token (ingest.token): required from other
+            # hosts, and from every host once it is set.
+            self._headers["Authorization"] = f"Bearer {token}"
         self.https = https
         self.timeout = timeout
         self.dropped = 0
@@ -279,7 +286,7 @@ class HttpTransport(Transport):
                     "POST",
                     self.path,
                     body=body,
-                    headers={"Content-Type": "application/x-ndjson", "User-Agent": "loopwatch-python"},
+                    headers=self._headers,
                 )
                 resp = conn.getresponse()
                 resp.read()
@@ -342,8 +349,10 @@ class HttpTransport(Transport):
 
 def make_transport(target: str) -> Transport:
     """A transport for ``udp://host:port``, ``http://host:port`` or
-    ``https://host:port`` (``host:port`` alone means UDP). An unusable target
-    is logged and gives a transport that drops everything: never an error."""
+    ``https://host:port`` (``host:port`` alone means UDP). HTTP(S) sends
+    ``LOOPWATCH_TOKEN``, when set, as the bearer token loopwatch's ingest door
+    asks for. An unusable target is logged and gives a transport that drops
+    everything: never an error."""
     try:
         raw = target.strip()
         if "://" not in raw:
@@ -361,7 +370,8 @@ def make_transport(target: str) -> Transport:
             if not path.endswith(EVENTS_PATH):
                 path = path + EVENTS_PATH
             default_port = 443 if scheme == "https" else DEFAULT_PORT
-            return HttpTransport(host, port or default_port, path, https=scheme == "https")
+            token = os.environ.get("LOOPWATCH_TOKEN", "").strip() or None
+            return HttpTransport(host, port or default_port, path, https=scheme == "https", token=token)
         raise ValueError(f"unknown scheme {scheme!r} (udp, http or https)")
     except Exception as e:
         log.warning("loopwatch: unusable target %r (%s); reporting is off", target, e)
