@@ -133,12 +133,21 @@ fn guarded(routes: Router, state: Arc<ServerState>) -> Router {
         .layer(middleware::from_fn_with_state(state, outermost))
 }
 
-/// `POST /api/v1/events`: the door first, so a refused post is never read.
+/// `POST /api/v1/events`: the door first, so a refused post is never read;
+/// then at most [`MAX_EVENTS_IN_FLIGHT`] bodies read at once, the others
+/// waiting unread (in the kernel's buffers) under the request timeout, so a
+/// thousand 1 MiB posts cost 16 MiB, not a gigabyte (#15).
 fn events_route(state: &Arc<ServerState>) -> MethodRouter<Arc<ServerState>> {
     post(events)
-        .layer(DefaultBodyLimit::max(MAX_EVENTS_BODY))
+        .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(MAX_EVENTS_BODY))
+        .layer::<_, std::convert::Infallible>(tower::limit::ConcurrencyLimitLayer::new(
+            MAX_EVENTS_IN_FLIGHT,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), ingest_door))
 }
+
+/// Event posts whose bodies are read at the same time, per listener.
+const MAX_EVENTS_IN_FLIGHT: usize = 16;
 
 async fn outermost(State(state): State<Arc<ServerState>>, req: Request, next: Next) -> Response {
     let mut response = next.run(req).await;
