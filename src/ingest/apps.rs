@@ -13,7 +13,7 @@ use super::budget::{Budget, LOOP_SERIES, Taken};
 use super::pools::Pools;
 use super::protocol::{Heartbeat, Rejection, Stall, label_value};
 use super::views::{
-    LoopView, MAX_PROCESSES_IN_VIEW, ProcessView, SiteCount, StallRecord, push_recent,
+    LoopView, MAX_PROCESSES_IN_VIEW, ProcessView, SiteCount, StallRecord, push_capped,
 };
 use super::{Series, fold};
 use crate::config::IngestConfig;
@@ -49,16 +49,30 @@ struct Process {
     baselines: Baselines,
     last_counted_stall: Option<u64>,
     current: Option<StallRecord>,
-    recent: VecDeque<StallRecord>,
+    /// The sites of its latest ended stalls (their stacks are the loop's).
+    recent_sites: VecDeque<String>,
 }
 
 impl Process {
     /// Ends the current stall, if any, into the recent ones.
-    fn close_stall(&mut self, cap: usize) {
-        if let Some(mut s) = self.current.take() {
-            s.ended = true;
-            push_recent(&mut self.recent, s, cap);
+    fn close_stall(&mut self, ended: &mut VecDeque<StallRecord>, cap: usize) {
+        if let Some(record) = self.current.take() {
+            self.file_ended(ended, record, cap);
         }
+    }
+
+    /// Files an ended stall: its site with the process, the record (with its
+    /// stack) in the loop's recent stalls, so stacks kept are bounded per
+    /// loop, not per process.
+    fn file_ended(
+        &mut self,
+        ended: &mut VecDeque<StallRecord>,
+        mut record: StallRecord,
+        cap: usize,
+    ) {
+        record.ended = true;
+        push_capped(&mut self.recent_sites, record.site.clone(), cap);
+        push_capped(ended, record, cap);
     }
 
     fn view(&self, pid: u32) -> ProcessView {
@@ -69,7 +83,7 @@ impl Process {
             stall_seconds: self.clock.stall().as_secs_f64(),
             silent_seconds: self.clock.silent_for().as_secs_f64(),
             current_stall: self.current.clone(),
-            recent_sites: self.recent.iter().rev().map(|s| s.site.clone()).collect(),
+            recent_sites: self.recent_sites.iter().rev().cloned().collect(),
         }
     }
 }
@@ -87,6 +101,8 @@ struct Loop {
     failure_series: HashSet<(String, String)>,
     cancellation_series: HashSet<String>,
     info: Option<[String; 3]>,
+    /// Its processes' latest ended stalls with their stacks, oldest first.
+    ended: VecDeque<StallRecord>,
     /// Series this loop's labels took from the budget.
     taken: Taken,
 }
@@ -173,13 +189,11 @@ impl App {
         let Limits { config, budget } = limits;
         if let LoopMessage::Bye = message {
             // A bye from a process we do not know changes nothing.
-            let process = self
-                .loops
-                .get_mut(from.loop_name)
-                .and_then(|l| l.processes.get_mut(&from.pid));
-            if let Some(p) = process {
-                p.clock.stop();
-                p.close_stall(config.recent_stalls);
+            if let Some(lp) = self.loops.get_mut(from.loop_name) {
+                if let Some(p) = lp.processes.get_mut(&from.pid) {
+                    p.clock.stop();
+                    p.close_stall(&mut lp.ended, config.recent_stalls);
+                }
             }
             self.pools
                 .drop_reports(series, from.app, |pid, _| pid == from.pid);
@@ -226,7 +240,7 @@ impl App {
                     baselines: Baselines::default(),
                     last_counted_stall: None,
                     current: None,
-                    recent: VecDeque::new(),
+                    recent_sites: VecDeque::new(),
                 },
             );
         }
@@ -252,12 +266,10 @@ impl App {
 
     /// Closes the stalls of processes the watchdog found gone silent.
     pub(super) fn went_down(&mut self, loop_name: &str, pid: u32, config: &IngestConfig) {
-        if let Some(p) = self
-            .loops
-            .get_mut(loop_name)
-            .and_then(|l| l.processes.get_mut(&pid))
-        {
-            p.close_stall(config.recent_stalls);
+        if let Some(lp) = self.loops.get_mut(loop_name) {
+            if let Some(p) = lp.processes.get_mut(&pid) {
+                p.close_stall(&mut lp.ended, config.recent_stalls);
+            }
         }
     }
 
@@ -467,7 +479,7 @@ impl Loop {
                     }
                 }
             };
-            push_recent(&mut p.recent, record, config.recent_stalls);
+            p.file_ended(&mut self.ended, record, config.recent_stalls);
         }
     }
 
@@ -487,7 +499,10 @@ impl Loop {
         if p.last_counted_stall == Some(stall.stall_id) {
             if let Some(current) = &mut p.current {
                 current.blocked_seconds = current.blocked_seconds.max(stall.blocked_s);
-                current.stack = bounded_stack(stall.stack);
+                // A stall that was refused a stack keeps none.
+                if !current.stack.is_empty() {
+                    current.stack = bounded_stack(stall.stack);
+                }
             }
             return;
         }
@@ -506,14 +521,29 @@ impl Loop {
             .blocking_calls
             .with_label_values(&[labels.app, labels.name, &counted_site])
             .inc();
-        p.close_stall(config.recent_stalls);
+        p.close_stall(&mut self.ended, config.recent_stalls);
+        // Stacks of stalls in progress: a few per loop, however many of its
+        // processes are blocked at once (the sites are counted all the same).
+        let stacks_in_progress = self
+            .processes
+            .values()
+            .filter(|q| q.current.as_ref().is_some_and(|c| !c.stack.is_empty()))
+            .count();
+        let stack = if stacks_in_progress < MAX_STACKS_IN_PROGRESS {
+            bounded_stack(stall.stack)
+        } else {
+            Vec::new()
+        };
+        let Some(p) = self.processes.get_mut(&pid) else {
+            return;
+        };
         p.current = Some(StallRecord {
             pid,
             stall_id: stall.stall_id,
             started: unix_now() - stall.blocked_s,
             blocked_seconds: stall.blocked_s,
             site,
-            stack: bounded_stack(stall.stack),
+            stack,
             ended: false,
         });
     }
@@ -559,16 +589,7 @@ impl Loop {
                 .then(a.silent_seconds.total_cmp(&b.silent_seconds))
                 .then(a.pid.cmp(&b.pid))
         });
-        let mut recent: Vec<StallRecord> = self
-            .processes
-            .values()
-            .flat_map(|p| p.recent.iter().cloned())
-            .collect();
-        // Newest end first, across processes.
-        recent.sort_by(|a, b| {
-            (b.started + b.blocked_seconds).total_cmp(&(a.started + a.blocked_seconds))
-        });
-        recent.truncate(MAX_RECENT_IN_LOOP_VIEW);
+        let recent: Vec<StallRecord> = self.ended.iter().rev().cloned().collect();
         let worst = processes.first().map(|(v, _)| v);
         let info = self.info.clone();
         let processes_total = processes.len();
@@ -598,8 +619,8 @@ impl Loop {
     }
 }
 
-/// Recent stalls listed for a whole loop, across its processes.
-const MAX_RECENT_IN_LOOP_VIEW: usize = 20;
+/// Stalls in progress whose stacks a loop keeps at once.
+const MAX_STACKS_IN_PROGRESS: usize = 8;
 
 /// The caps and budget while a message of one loop is applied.
 struct LoopLimits<'a> {

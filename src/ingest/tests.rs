@@ -628,3 +628,38 @@ fn r15_loop_pages_are_bounded_in_bytes_and_page_through_everything() {
     let want: Vec<String> = (0..30).map(|lp| format!("l{lp:02}")).collect();
     assert_eq!(seen, want);
 }
+
+#[test]
+fn r15_stacks_kept_are_bounded_per_loop_not_per_process() {
+    let (_registry, ingest) = setup(IngestConfig::default());
+    let frame = format!("\"/srv/{}/app.py:1 handler\"", "x".repeat(100));
+    let stack = vec![frame; 60].join(",");
+    for round in 1..=3u64 {
+        for pid in 1..=30u32 {
+            ingest
+                .handle(&heartbeat(pid, 1, "", 0.0), Transport::Udp)
+                .expect("ok");
+            let stall = format!(
+                r#"{{"v":1,"type":"stall","app":"api","loop":"main","pid":{pid},"stall_id":{round},"blocked_s":1,"site":"app.py:1 handler","stack":[{stack}]}}"#
+            );
+            ingest.handle(stall.as_bytes(), Transport::Udp).expect("ok");
+        }
+    }
+    let view = &ingest.loop_views()[0];
+    let in_progress = view
+        .processes
+        .iter()
+        .filter_map(|p| p.current_stall.as_ref())
+        .filter(|s| !s.stack.is_empty())
+        .count();
+    assert_eq!(in_progress, 8, "stacks of stalls in progress per loop");
+    assert_eq!(
+        view.processes
+            .iter()
+            .filter(|p| p.current_stall.is_some())
+            .count(),
+        30
+    );
+    assert_eq!(view.recent_stalls.len(), 10, "ended stalls kept per loop");
+    assert!(view.processes.iter().all(|p| p.recent_sites.len() == 2));
+}

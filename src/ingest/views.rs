@@ -20,9 +20,9 @@ pub struct StallRecord {
     pub ended: bool,
 }
 
-/// Keeps the latest `cap` records.
-pub(super) fn push_recent(recent: &mut VecDeque<StallRecord>, record: StallRecord, cap: usize) {
-    recent.push_back(record);
+/// Keeps the latest `cap` items.
+pub(super) fn push_capped<T>(recent: &mut VecDeque<T>, item: T, cap: usize) {
+    recent.push_back(item);
     while recent.len() > cap {
         recent.pop_front();
     }
