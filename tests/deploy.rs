@@ -20,9 +20,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::prometheus::Prometheus;
 use common::*;
 
 #[test]
@@ -45,110 +46,6 @@ fn deploy_files_pass_the_offline_validators() {
         text.contains("check-deploy: all deploy checks passed"),
         "scripts/check-deploy.sh did not finish its checks:\n{text}"
     );
-}
-
-/// A Prometheus server this test started, killed (by its PID) when dropped.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    /// Starts `prometheus` on a free port with `config` (a prometheus.yml
-    /// text) and these extra flags; waits until it is ready.
-    fn start(name: &str, config: &str, flags: &[&str]) -> Self {
-        let found = Command::new("prometheus").arg("--version").output();
-        assert!(
-            found.is_ok_and(|o| o.status.success()),
-            "prometheus is not installed: run ./scripts/test.sh, which installs Debian's `prometheus` package"
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, config).expect("write prometheus.yml");
-        let check = promtool()
-            .args(["check", "config"])
-            .arg(&config_path)
-            .output()
-            .expect("promtool check config");
-        assert!(
-            check.status.success(),
-            "{name}: promtool check config:\n{}{}\n{config}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let port = free_port();
-        let log = dir.path().join("prometheus.log");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start prometheus");
-        let mut prom = Prometheus {
-            child,
-            port,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = prom.child.try_wait() {
-                panic!("{name}: prometheus exited with {status}:\n{}", prom.log());
-            }
-            if get_with(port, "/-/ready", "").is_ok_and(|r| r.status == 200) {
-                return prom;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name}: prometheus not ready within 30s:\n{}",
-                prom.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// An instant query's result vector.
-    fn query(&self, promql: &str) -> Vec<serde_json::Value> {
-        let r = get(
-            self.port,
-            &format!("/api/v1/query?query={}", urlencode(promql)),
-        );
-        let v: serde_json::Value = serde_json::from_str(&r.text())
-            .unwrap_or_else(|e| panic!("query {promql}: not JSON ({e}): {}", r.text()));
-        assert_eq!(v["status"], "success", "query {promql}: {v}");
-        v["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The shipped rule files, as absolute paths.

@@ -13,10 +13,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::prometheus::Prometheus;
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -622,103 +622,17 @@ fn worker_processes_add_up_and_a_killed_one_is_a_restart_but_a_stopped_one_is_no
 
 const PG_DSN: &str = "postgresql://postgres@127.0.0.1:5432/test";
 
-/// A real Prometheus (Debian's) scraping one exporter every second and
-/// evaluating `rule_file` every second; killed by its pid when dropped.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(exporter_port: u16, rule_file: &std::path::Path) -> Self {
-        let found = Command::new("prometheus").arg("--version").output();
-        assert!(
-            found.is_ok_and(|o| o.status.success()),
-            "prometheus is not installed: run ./scripts/test.sh, which installs Debian's `prometheus` package"
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: loopwatch\n    static_configs:\n      - targets: ['127.0.0.1:{exporter_port}']\n",
-                rule_file.display()
-            ),
-        )
-        .expect("prometheus.yml");
-        let port = free_port();
-        let log = dir.path().join("prometheus.log");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start prometheus");
-        let mut prom = Prometheus {
-            child,
-            port,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(Some(status)) = prom.child.try_wait() {
-                panic!("prometheus exited with {status}: {}", prom.log());
-            }
-            if get_with(port, "/-/ready", "").is_ok_and(|r| r.status == 200) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready: {}",
-                prom.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        prom
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn api(&self, path_and_query: &str) -> serde_json::Value {
-        let r = get(self.port, path_and_query);
-        let v: serde_json::Value = serde_json::from_str(&r.text())
-            .unwrap_or_else(|e| panic!("{path_and_query}: not JSON ({e}): {}", r.text()));
-        assert_eq!(v["status"], "success", "{path_and_query}: {v}");
-        v
-    }
-
-    fn query(&self, expr: &str) -> serde_json::Value {
-        self.api(&format!("/api/v1/query?query={}", url_encode(expr)))
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// A real Prometheus scraping one exporter and evaluating `rule_file`,
+/// both every second.
+fn start_prometheus(exporter_port: u16, rule_file: &std::path::Path) -> Prometheus {
+    Prometheus::start(
+        "pool alert",
+        &format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: loopwatch\n    static_configs:\n      - targets: ['127.0.0.1:{exporter_port}']\n",
+            rule_file.display()
+        ),
+        &[],
+    )
 }
 
 /// The `expr` of alert `name` in the repo's rule file `rel`.
@@ -755,7 +669,7 @@ fn a_real_asyncpg_pool_too_small_for_its_load_counts_timeouts_and_fires_the_aler
     );
 
     let lw = Exporter::start(&[]);
-    let prom = Prometheus::start(lw.port, &repo_path(rules));
+    let prom = start_prometheus(lw.port, &repo_path(rules));
     let mut cmd = App::python("tests/apps/pg_pool_app.py");
     cmd.env("LOOPWATCH_TARGET", lw.udp_target())
         .env("PG_DSN", PG_DSN)
@@ -843,28 +757,28 @@ fn a_real_asyncpg_pool_too_small_for_its_load_counts_timeouts_and_fires_the_aler
         )
     });
     assert_eq!(pending["labels"]["job"], "loopwatch", "{pending}");
-    let result = prom.query(&expr);
-    let selected = result["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let selected = prom.query(&expr);
     assert!(
         selected
             .iter()
             .any(|s| s["metric"]["app_name"] == "pgpool" && s["metric"]["pool"] == "db"),
-        "the alert's expression selects pgpool/db: {result}"
+        "the alert's expression selects pgpool/db: {selected:?}"
     );
     let rate = prom
         .query(r#"rate(loopwatch_pool_acquire_timeouts_total{app_name="pgpool",pool="db"}[1m])"#);
-    let per_second: f64 = rate["data"]["result"][0]["value"][1]
-        .as_str()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("a timeout rate: {rate}"));
-    assert!(per_second > 0.05, "{rate}");
+    let per_second: f64 = rate
+        .first()
+        .and_then(|s| s["value"][1].as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("a timeout rate: {rate:?}"));
+    assert!(per_second > 0.05, "{rate:?}");
     // No reset was seen in any series Prometheus scraped from this pool.
     let resets =
         prom.query(r#"resets(loopwatch_pool_acquire_timeouts_total{app_name="pgpool"}[5m])"#);
-    assert_eq!(resets["data"]["result"][0]["value"][1], "0", "{resets}");
+    assert_eq!(
+        resets.first().map(|s| &s["value"][1]),
+        Some(&serde_json::json!("0")),
+        "{resets:?}"
+    );
 
     app.signal("TERM");
     app.wait_line("STOPPED", WAIT);

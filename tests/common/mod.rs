@@ -4,6 +4,7 @@
 
 pub mod fake_api;
 pub mod pg;
+pub mod prometheus;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
